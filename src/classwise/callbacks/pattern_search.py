@@ -1,0 +1,223 @@
+"""Run the class-wise search on a trained model, shard classes over ranks, save and log on rank 0."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+from torch import nn
+
+from classwise.data.datamodule import ClasswiseDataModule
+from classwise.patterns.canvas import CanvasConfig, CanvasPool
+from classwise.patterns.classwise import ClassPattern, check_targets, classwise_patterns
+from classwise.patterns.evaluate import predict
+from classwise.patterns.search import SearchConfig, paste, validate_ratios
+from classwise.reporting.figures import pattern_rows
+from classwise.reporting.results import update_results
+
+log = logging.getLogger(__name__)
+
+SEARCH_KEYS = {f for f in SearchConfig.__dataclass_fields__}
+CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": "index", "canvas_k": "k",
+               "canvas_max_candidates": "max_candidates"}
+OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "enabled"}
+
+
+def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig, CanvasConfig, dict[str, Any]]:
+    """Split the flat `search` config into the algorithm's dataclasses; unknown keys are an error."""
+    if isinstance(settings, DictConfig):
+        settings = OmegaConf.to_container(settings, resolve=True)
+    settings = dict(settings)
+    unknown = set(settings) - SEARCH_KEYS - set(CANVAS_KEYS) - OTHER_KEYS
+    if unknown:
+        from classwise.errors import ConfigError
+
+        accepted = ", ".join(sorted(SEARCH_KEYS | set(CANVAS_KEYS) | OTHER_KEYS))
+        raise ConfigError(f"search.{sorted(unknown)[0]} is not a search setting; accepted: {accepted}")
+    search_cfg = SearchConfig(**{k: v for k, v in settings.items() if k in SEARCH_KEYS})
+    canvas_cfg = CanvasConfig(**{CANVAS_KEYS[k]: v for k, v in settings.items() if k in CANVAS_KEYS})
+    other = {k: settings.get(k) for k in OTHER_KEYS}
+    other["pattern_ratios"] = validate_ratios(other["pattern_ratios"] or [0.05])
+    return search_cfg, canvas_cfg, other
+
+
+def canvas_pool(dm: ClasswiseDataModule, source: str) -> CanvasPool:
+    dm.setup()
+    if source == "train":
+        idx = dm.splits["train"]
+        return CanvasPool("train", idx, dm.train_set.targets[idx], lambda i: dm.train_set.batch(i)[0])
+    idx = dm.splits["search"]
+    return CanvasPool("search", idx, dm.source.test.targets[idx], lambda i: dm.source.test.batch(i)[0])
+
+
+def cap_per_class(images: torch.Tensor, labels: torch.Tensor, cap: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most `cap` images of each class (the first ones, in split order)."""
+    if not cap:
+        return images, labels
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique().tolist():
+        keep[(labels == c).nonzero().flatten()[:cap]] = True
+    return images[keep], labels[keep]
+
+
+def _to_record(p: ClassPattern) -> dict[str, Any]:
+    return {"class_index": p.class_index, "canvas_split": p.canvas_split, "canvas_index": p.canvas_index,
+            "canvas": p.canvas, "mask": p.mask, "by_ratio": p.by_ratio, "candidates": p.candidates}
+
+
+def run_pattern_search(
+    model: nn.Module,
+    dm: ClasswiseDataModule,
+    settings: dict[str, Any] | DictConfig,
+    run_dir: str | Path,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[Any], list[Any]] | None = None,
+    logger: Any = None,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Search this rank's share of the classes; rank 0 gathers, writes outputs and returns the summary.
+
+    `gather(obj)` returns every rank's obj on rank 0 (a collective: every rank calls it, also a rank
+    without classes). Outputs: patterns/masks.safetensors, patterns/class_XXX.png, patterns/grid.png
+    and the `search` and `classes` sections of results.json.
+    """
+    search_cfg, canvas_cfg, other = parse_settings(settings)
+    ratios = other["pattern_ratios"]
+    dm.setup()
+    all_targets = check_targets(other["classes"] if other["classes"] is not None else range(dm.num_classes), dm.num_classes)
+    mine = all_targets[rank::world_size]
+    pool = canvas_pool(dm, canvas_cfg.source)
+    search_set = dm.split_tensors("search")
+    eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), other["eval_max_per_class"])
+    start = time.perf_counter()
+    patterns = classwise_patterns(
+        model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
+        progress=progress and rank == 0,
+    )
+    seconds = time.perf_counter() - start
+    records = [_to_record(p) for p in patterns]
+    if gather is not None:
+        gathered = gather((records, seconds))
+        if rank != 0:
+            return None
+        records = [r for part, _ in gathered for r in part]
+        seconds = max(s for _, s in gathered)
+    records.sort(key=lambda r: r["class_index"])
+    return _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
+                 (eval_x, eval_y), Path(run_dir), logger)
+
+
+def _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, pool_size, eval_set,
+          run_dir: Path, logger) -> dict[str, Any]:
+    out = run_dir / "patterns"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({f"class_{r['class_index']}": r["mask"].contiguous() for r in records}
+              | {f"canvas_{r['class_index']}": r["canvas"].contiguous() for r in records}, str(out / "masks.safetensors"))
+    splits_file = dm.save_splits(run_dir / "splits.safetensors")
+    names = dm.classes
+    show_ratio = 0.05 if 0.05 in ratios else ratios[0]
+    eval_x, eval_y = eval_set
+    # One pasted example per class: the first eval image of another class.
+    examples, preds = [], []
+    for r in records:
+        t = r["class_index"]
+        other_img = eval_x[(eval_y != t).nonzero().flatten()[0]]
+        pix = _pixels(r, show_ratio)
+        examples.append(paste(other_img.unsqueeze(0), r["canvas"], pix)[0])
+    if examples:
+        preds = predict(model, torch.stack(examples)).tolist()
+    rows = []
+    for r, ex, pred in zip(records, examples, preds, strict=True):
+        asr = next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == show_ratio)
+        row = {"name": names[r["class_index"]], "canvas": r["canvas"], "mask": r["mask"], "pixels": _pixels(r, show_ratio),
+               "example": ex, "asr": asr, "example_pred": names[pred]}
+        rows.append(row)
+        pattern_rows([row], out / f"class_{r['class_index']:03d}.png")
+    if rows:
+        pattern_rows(rows, out / "grid.png", title=f"class-wise patterns at {show_ratio:.0%} of the pixels")
+    classes = [
+        {"class_index": r["class_index"], "class_name": names[r["class_index"]], "canvas_split": r["canvas_split"],
+         "canvas_index": r["canvas_index"], "mask_l1": float(r["mask"].sum()), "by_ratio": r["by_ratio"],
+         **({"candidates": r["candidates"]} if r["candidates"] else {})}
+        for r in records
+    ]
+    search = {
+        "preset": other["preset"], "update": search_cfg.update, "step_size": search_cfg.step_size,
+        "alpha": search_cfg.alpha, "batch_size": search_cfg.batch_size, "seed": search_cfg.seed,
+        "canvas": canvas_cfg.strategy, "canvas_source": canvas_cfg.source, "pattern_ratios": ratios,
+        "pool_size": pool_size, "eval_size": len(eval_y), "seconds": round(seconds, 2), "world_size": world_size,
+        "splits_file": str(splits_file.relative_to(run_dir)), "masks_file": "patterns/masks.safetensors",
+        "figure": "patterns/grid.png",
+    }
+    update_results(run_dir, search=search, classes=classes)
+    print(format_table(classes, ratios))
+    if logger is not None and hasattr(logger, "log_metrics"):
+        summary = {f"search/mean_asr@{r}": sum(c["by_ratio"][i]["asr"] for c in classes) / max(1, len(classes))
+                   for i, r in enumerate(ratios)}
+        logger.log_metrics(summary)
+        if hasattr(logger, "log_image") and rows:
+            logger.log_image(key="patterns/grid", images=[str(out / "grid.png")])
+    return {"search": search, "classes": classes}
+
+
+def _pixels(record: dict, ratio: float) -> torch.Tensor:
+    from classwise.patterns.search import top_pixels
+
+    return top_pixels(record["mask"].unsqueeze(0), ratio)[0]
+
+
+def format_table(classes: list[dict], ratios: list[float]) -> str:
+    """The per-class ASR table printed at the end of a search."""
+    head = f"{'class':>5}  {'name':<14} {'canvas':>10} {'mask L1':>8}"
+    for r in ratios:
+        head += f"  {'ASR@' + format(r, '.0%'):>8} {'random':>6}"
+    head += f"  {'base':>5}"
+    lines = [head, "-" * len(head)]
+    for c in classes:
+        line = f"{c['class_index']:>5}  {c['class_name'][:14]:<14} {c['canvas_split'][:1] + str(c['canvas_index']):>10} {c['mask_l1']:>8.1f}"
+        for b in c["by_ratio"]:
+            line += f"  {b['asr']:>8.3f} {b['baselines']['random']:>6.3f}"
+        line += f"  {c['by_ratio'][0]['base_rate']:>5.3f}"
+        lines.append(line)
+    if classes:
+        line = f"{'mean':>5}  {'':<14} {'':>10} {sum(c['mask_l1'] for c in classes) / len(classes):>8.1f}"
+        for i in range(len(ratios)):
+            line += f"  {sum(c['by_ratio'][i]['asr'] for c in classes) / len(classes):>8.3f}"
+            line += f" {sum(c['by_ratio'][i]['baselines']['random'] for c in classes) / len(classes):>6.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class PatternSearch(Callback):
+    """After `fit`, find every class's pattern on the trained model (classes sharded over ranks)."""
+
+    def __init__(self, search: dict[str, Any] | DictConfig, output_dir: str, enabled: bool = True):
+        super().__init__()
+        self.settings = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else dict(search)
+        self.settings.pop("enabled", None)
+        parse_settings(self.settings)  # fail on a bad config before training, not after it
+        self.output_dir = output_dir
+        self.enabled = enabled
+        self.summary: dict[str, Any] | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking:
+            return
+        from classwise.callbacks.distributed import gather_to_rank0
+
+        world = trainer.world_size
+        self.summary = run_pattern_search(
+            pl_module.model, trainer.datamodule, self.settings, self.output_dir,
+            rank=trainer.global_rank, world_size=world,
+            gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
+            logger=trainer.logger if trainer.global_rank == 0 else None,
+        )

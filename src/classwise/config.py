@@ -1,0 +1,73 @@
+"""Checks on a composed config that run before any compute, and the CLI wrapper that reports them."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from classwise.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def conf_dir() -> str:
+    """The Hydra config folder: $CLASSWISE_CONF, else the repository's conf/ (editable install)."""
+    import os
+
+    return os.environ.get("CLASSWISE_CONF", str(CONF_DIR))
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{key} is required and was not given; set it on the command line ({key}=...)") from exc
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail with one line on settings that would only break later, after minutes of compute."""
+    from classwise.data.sources import SOURCES
+    from classwise.models.factory import MODELS, min_image_size
+
+    name = _get(cfg, "dataset.name")
+    if name not in SOURCES:
+        raise ConfigError(f"dataset.name={name!r} is unknown; accepted: {', '.join(sorted(SOURCES))}")
+    model = _get(cfg, "model.name")
+    if model not in MODELS:
+        raise ConfigError(f"model.name={model!r} is unknown; accepted: {', '.join(sorted(MODELS))}")
+    size = _get(cfg, "dataset.image_size")
+    if not isinstance(size, int) or size < min_image_size(model):
+        raise ConfigError(f"dataset.image_size={size} cannot be taken by model={model}; accepted: an integer >= {min_image_size(model)}")
+    for key in ("dataset.channels", "dataset.num_classes", "data.batch_size", "data.eval_batch_size"):
+        value = _get(cfg, key)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{key}={value} must be a positive integer")
+    lr = OmegaConf.select(cfg, "module.optimizer.lr")
+    if lr is not None and not lr > 0:
+        raise ConfigError(f"module.optimizer.lr={lr} must be positive")
+    root = OmegaConf.select(cfg, "dataset.root")
+    default_root = OmegaConf.select(cfg, "paths.data_dir")
+    if root is not None and str(root) != str(default_root) and not Path(str(root)).expanduser().is_dir():
+        raise ConfigError(f"dataset.root={root} does not exist; accepted: an existing folder (or leave it unset to use {default_root})")
+    setting = OmegaConf.select(cfg, "setting.name")
+    if "setting" in cfg and setting is None:
+        raise ConfigError("setting.name is missing; accepted: natural, backdoor, adversarial")
+
+
+def cli_errors(fn):
+    """Turn a ConfigError into one line on stderr and exit status 2, with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

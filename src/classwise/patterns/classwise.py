@@ -1,0 +1,147 @@
+"""Patterns for a list of target classes: canvas choice, batched search, held-out evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from classwise.errors import ConfigError
+from classwise.patterns.canvas import CanvasConfig, CanvasPool, check_canvas_index, choose_candidates
+from classwise.patterns.evaluate import attack_success_rates, base_rates, predict, random_pixels
+from classwise.patterns.search import (
+    SearchConfig,
+    pattern_pixel_count,
+    search_patterns,
+    stream_seed,
+    top_pixels,
+    validate_ratios,
+)
+
+CANDIDATE_STRIDE = 1024  # stream key of candidate j of class t: t * CANDIDATE_STRIDE + j
+
+
+@dataclass
+class ClassPattern:
+    """One class's pattern: its canvas, continuous mask and held-out attack success per ratio."""
+
+    class_index: int
+    canvas_split: str
+    canvas_index: int
+    canvas: torch.Tensor  # [C, H, W]
+    mask: torch.Tensor  # [1, H, W]
+    by_ratio: list[dict]
+    candidates: list[dict] = field(default_factory=list)
+
+    @property
+    def mask_l1(self) -> float:
+        return float(self.mask.sum())
+
+    def pixels(self, ratio: float) -> torch.Tensor:
+        return top_pixels(self.mask.unsqueeze(0), ratio)[0]
+
+
+def check_targets(targets: Sequence[int], num_classes: int) -> list[int]:
+    targets = [int(t) for t in targets]
+    bad = [t for t in targets if not 0 <= t < num_classes]
+    if bad:
+        raise ConfigError(f"search.classes has {bad[0]}; accepted: class indices 0..{num_classes - 1}")
+    return targets
+
+
+def classwise_patterns(
+    model: nn.Module,
+    targets: Sequence[int],
+    num_classes: int,
+    canvas_pool: CanvasPool,
+    search_set: tuple[torch.Tensor, torch.Tensor],
+    eval_set: tuple[torch.Tensor, torch.Tensor],
+    ratios: Sequence[float] = (0.05,),
+    search_cfg: SearchConfig = SearchConfig(),
+    canvas_cfg: CanvasConfig = CanvasConfig(),
+    progress: bool = True,
+    eval_predictions: torch.Tensor | None = None,
+) -> list[ClassPattern]:
+    """Search and evaluate the patterns of `targets` (any subset of classes: a rank's shard).
+
+    search_set / eval_set: (images [N, C, H, W], labels [N]); they must be disjoint, which the
+    datamodule guarantees. Everything random is keyed by (search_cfg.seed, class), so the result for
+    a class does not depend on which other classes share the call.
+    """
+    ratios = validate_ratios(ratios)
+    targets = check_targets(targets, num_classes)
+    check_canvas_index(canvas_pool, targets, canvas_cfg)
+    if not targets:
+        return []
+    search_x, search_y = search_set
+    eval_x, eval_y = eval_set
+    h, w = search_x.shape[-2:]
+
+    # 1. Canvas candidates per class, searched all together.
+    cands = {t: choose_candidates(model, canvas_pool, t, canvas_cfg, search_cfg.seed) for t in targets}
+    flat = [(t, j, idx) for t in targets for j, idx in enumerate(cands[t])]
+    canvases = canvas_pool.fetch(torch.tensor([idx for _, _, idx in flat]))
+    result = search_patterns(
+        model, canvases, [t for t, _, _ in flat], search_x, search_y, search_cfg,
+        stream_keys=[t * CANDIDATE_STRIDE + j for t, j, _ in flat], progress=progress,
+        description=f"pattern search ({len(targets)} classes)",
+    )
+
+    # 2. best_of_k: keep the candidate with the highest mean ASR on the *search* pool.
+    chosen: dict[int, int] = {}
+    cand_records: dict[int, list[dict]] = {t: [] for t in targets}
+    if canvas_cfg.strategy == "best_of_k" and len(flat) > len(targets):
+        pix = torch.stack([top_pixels(result.masks, r) for r in ratios], 1)  # [F, R, 1, H, W]
+        f, r_count = pix.shape[:2]
+        asr = attack_success_rates(
+            model, result.canvases.repeat_interleave(r_count, 0), pix.flatten(0, 1),
+            result.target_classes.repeat_interleave(r_count), search_x, search_y,
+        ).view(f, r_count).mean(1)
+        l1 = result.mask_l1
+        for i, (t, _, idx) in enumerate(flat):
+            cand_records[t].append({"canvas_index": idx, "search_asr": float(asr[i]), "mask_l1": float(l1[i])})
+            best = chosen.get(t)
+            if best is None or (asr[i], -l1[i]) > (asr[best], -l1[best]):
+                chosen[t] = i
+    else:
+        for i, (t, j, _) in enumerate(flat):
+            if j == 0:
+                chosen[t] = i
+
+    # 3. Held-out evaluation: pattern and random pixels at every ratio, on the eval split.
+    rows = [chosen[t] for t in targets]
+    canv = result.canvases[rows]  # [K, C, H, W]
+    masks = result.masks[rows]  # [K, 1, H, W]
+    tgt = torch.tensor(targets)
+    pattern_pix = torch.stack([top_pixels(masks, r) for r in ratios], 1)  # [K, R, 1, H, W]
+    random_pix = torch.stack([
+        torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
+        for t in targets
+    ])  # [K, R, 1, H, W]
+    r_count = len(ratios)
+    all_pix = torch.cat([pattern_pix, random_pix], 1).flatten(0, 1)  # [K * 2R, 1, H, W]
+    all_canv = canv.repeat_interleave(2 * r_count, 0)
+    all_tgt = tgt.repeat_interleave(2 * r_count)
+    asr = attack_success_rates(model, all_canv, all_pix, all_tgt, eval_x, eval_y).view(len(targets), 2, r_count)
+    if eval_predictions is None:
+        eval_predictions = predict(model, eval_x)
+    base = base_rates(eval_predictions, eval_y, tgt)
+
+    out = []
+    for k, t in enumerate(targets):
+        by_ratio = [
+            {
+                "pattern_ratio": r,
+                "pixels": pattern_pixel_count(r, h, w),
+                "asr": float(asr[k, 0, ri]),
+                "base_rate": float(base[k]),
+                "baselines": {"random": float(asr[k, 1, ri])},
+            }
+            for ri, r in enumerate(ratios)
+        ]
+        i = rows[k]
+        out.append(ClassPattern(t, canvas_pool.split, flat[i][2], canv[k], masks[k], by_ratio, cand_records[t]))
+    return out
+

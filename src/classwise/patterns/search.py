@@ -1,0 +1,206 @@
+"""The class-wise pattern search of Zhao et al. 2021: one mask per target class, all classes batched."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from classwise.errors import ConfigError
+
+UPDATES = ("sign", "adam")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How masks are optimised. The defaults are the authors' values (the `paper` preset)."""
+
+    update: str = "sign"  # "sign": m <- clip(m - step_size * sign(grad)); "adam": Adam(lr=step_size)
+    step_size: float = 0.02
+    alpha: float = 0.2  # weight of the cross-entropy; (1 - alpha) weighs the mask size
+    batch_size: int = 4  # pool images per class per step
+    epochs: float = 5.0  # passes over the pool (ignored when `steps` is set)
+    steps: int | None = None
+    mask_init: float = 0.5
+    seed: int = 0
+    max_forward: int = 2048  # images in one forward pass; more classes are searched in chunks
+
+    def __post_init__(self) -> None:
+        if self.update not in UPDATES:
+            raise ConfigError(f"search.update={self.update!r} is unknown; accepted: {', '.join(UPDATES)}")
+        for key in ("step_size", "batch_size", "epochs", "max_forward"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"search.{key}={getattr(self, key)} must be positive")
+        if not 0 < self.alpha <= 1:
+            raise ConfigError(f"search.alpha={self.alpha} must be in (0, 1]")
+        if self.steps is not None and self.steps <= 0:
+            raise ConfigError(f"search.steps={self.steps} must be a positive integer or null")
+        if not 0 <= self.mask_init <= 1:
+            raise ConfigError(f"search.mask_init={self.mask_init} must be in [0, 1]")
+
+
+@dataclass
+class PatternResult:
+    """Continuous masks found for each searched (target class, canvas) pair."""
+
+    target_classes: torch.Tensor  # [K] int64
+    canvases: torch.Tensor  # [K, C, H, W] in [0, 1]
+    masks: torch.Tensor  # [K, 1, H, W] in [0, 1]
+    final_ce: torch.Tensor  # [K] cross-entropy of the last step, for the record
+    steps: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mask_l1(self) -> torch.Tensor:
+        return self.masks.flatten(1).sum(1)
+
+
+def stream_seed(seed: int, key: int) -> int:
+    """A generator seed from (run seed, stream key): a class's randomness never depends on its batch-mates."""
+    return (seed * 1_000_003 + key * 7_919 + 12_345) % (2**62)
+
+
+def pattern_pixel_count(ratio: float, height: int, width: int) -> int:
+    """k = round(ratio * H * W), at least one pixel."""
+    return max(1, round(ratio * height * width))
+
+
+def validate_ratios(ratios: Sequence[float]) -> list[float]:
+    ratios = [float(r) for r in ratios]
+    if not ratios:
+        raise ConfigError("search.pattern_ratios=[] is empty; accepted: a list of ratios in (0, 1]")
+    for r in ratios:
+        if not 0 < r <= 1:
+            raise ConfigError(f"search.pattern_ratios has {r}; accepted: ratios in (0, 1]")
+    return ratios
+
+
+def top_pixels(masks: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boolean pixel masks [K, 1, H, W] of the k largest mask values (ties: lower pixel index first)."""
+    k_count, _, h, w = masks.shape
+    k = pattern_pixel_count(ratio, h, w)
+    order = torch.sort(masks.reshape(k_count, -1), dim=1, descending=True, stable=True).indices[:, :k]
+    chosen = torch.zeros(k_count, h * w, dtype=torch.bool, device=masks.device)
+    chosen.scatter_(1, order, True)
+    return chosen.view(k_count, 1, h, w)
+
+
+def paste(images: torch.Tensor, canvas: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Hard paste: the pattern's pixels (all channels) replace the image's. images [N, C, H, W]."""
+    return torch.where(pixels, canvas, images)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no weight gradients for the duration; restores both afterwards."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def steps_for_pool(pool_labels: torch.Tensor, cfg: SearchConfig) -> int:
+    """Number of steps: `epochs` passes over the largest other-class pool (a function of the pool alone)."""
+    if cfg.steps is not None:
+        return int(cfg.steps)
+    counts = torch.bincount(pool_labels)
+    present = counts.nonzero().flatten()
+    n_ref = max(int(len(pool_labels) - counts[c]) for c in present.tolist())
+    return max(1, math.ceil(cfg.epochs * n_ref / cfg.batch_size))
+
+
+def _index_stream(n_items: int, total: int, generator: torch.Generator) -> torch.Tensor:
+    """`total` indices into range(n_items): successive random permutations, concatenated."""
+    reps = math.ceil(total / n_items)
+    return torch.cat([torch.randperm(n_items, generator=generator) for _ in range(reps)])[:total]
+
+
+def search_patterns(
+    model: nn.Module,
+    canvases: torch.Tensor,
+    target_classes: Sequence[int] | torch.Tensor,
+    pool_images: torch.Tensor,
+    pool_labels: torch.Tensor,
+    cfg: SearchConfig = SearchConfig(),
+    stream_keys: Sequence[int] | None = None,
+    progress: bool = True,
+    description: str = "pattern search",
+) -> PatternResult:
+    """Optimise one mask per (canvas, target class), all of them in one batched loop.
+
+    canvases [K, C, H, W] in [0, 1]; target_classes [K]; pool_images [N, C, H, W], pool_labels [N].
+    Class k's mask sees only pool images whose label differs from its target. The loss per mask is
+    `alpha * CE(f(m*c + (1-m)*x), t) + (1 - alpha) * sum(m) / (H*W/2)`; masks do not interact, so
+    the result for a class is the one a search of that class alone would give. `stream_keys`
+    (default: the target classes) seed each mask's batch order, with `cfg.seed`.
+    """
+    targets = torch.as_tensor(target_classes, dtype=torch.long).cpu()
+    k_total, channels, h, w = canvases.shape
+    if len(targets) != k_total:
+        raise ValueError(f"{k_total} canvases but {len(targets)} target classes")
+    keys = targets.tolist() if stream_keys is None else list(stream_keys)
+    device = next(model.parameters()).device
+    steps = steps_for_pool(pool_labels, cfg)
+    b = cfg.batch_size
+
+    # Every mask's batch order, drawn up front from its own generator: [K, steps, B] into the pool.
+    streams = []
+    for t, key in zip(targets.tolist(), keys, strict=True):
+        others = (pool_labels != t).nonzero().flatten()
+        if len(others) == 0:
+            raise ConfigError(f"the search pool has no image outside class {t}; accepted: a pool with several classes")
+        g = torch.Generator().manual_seed(stream_seed(cfg.seed, key))
+        streams.append(others[_index_stream(len(others), steps * b, g)].view(steps, b))
+    streams_t = torch.stack(streams)  # [K, steps, B]
+
+    pool_on_device = pool_images.numel() * pool_images.element_size() < 2**30
+    pool = pool_images.to(device) if pool_on_device else pool_images
+    chunk = max(1, cfg.max_forward // b)
+    masks_out = torch.empty(k_total, 1, h, w)
+    ce_out = torch.empty(k_total)
+    bar = tqdm(total=steps * math.ceil(k_total / chunk), desc=description, disable=not progress, leave=False)
+    with frozen(model):
+        for start in range(0, k_total, chunk):
+            sl = slice(start, min(start + chunk, k_total))
+            kc = sl.stop - sl.start
+            canv = canvases[sl].to(device).unsqueeze(1)  # [Kc, 1, C, H, W]
+            tgt = targets[sl].to(device).repeat_interleave(b)  # [Kc * B]
+            mask = torch.full((kc, 1, h, w), cfg.mask_init, device=device, requires_grad=True)
+            adam = torch.optim.Adam([mask], lr=cfg.step_size) if cfg.update == "adam" else None
+            ce = torch.zeros(kc, device=device)
+            for step in range(steps):
+                idx = streams_t[sl, step]  # [Kc, B]
+                x = pool[idx.to(pool.device)].to(device)  # [Kc, B, C, H, W]
+                m = mask.unsqueeze(1)  # [Kc, 1, 1, H, W]
+                patterned = (m * canv + (1 - m) * x).view(kc * b, channels, h, w)
+                logits = model(patterned)
+                ce = F.cross_entropy(logits, tgt, reduction="none").view(kc, b).mean(1)
+                size = mask.sum(dim=(1, 2, 3)) / (h * w / 2)
+                loss = cfg.alpha * ce + (1 - cfg.alpha) * size  # [Kc]
+                grad = torch.autograd.grad(loss.sum(), mask)[0]
+                with torch.no_grad():
+                    if adam is None:
+                        mask -= cfg.step_size * grad.sign()
+                    else:
+                        mask.grad = grad
+                        adam.step()
+                    mask.clamp_(0, 1)
+                bar.update(1)
+            masks_out[sl] = mask.detach().cpu()
+            ce_out[sl] = ce.detach().cpu()
+    bar.close()
+    return PatternResult(targets, canvases.detach().cpu(), masks_out, ce_out, steps)

@@ -1,0 +1,1 @@
+"""Reading and writing run outputs: the results.json contract, figures, tables."""

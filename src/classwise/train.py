@@ -1,0 +1,136 @@
+"""`classwise-train`: compose the config, train a classifier in its setting, test it, search its patterns."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from classwise.config import cli_errors, conf_dir, validate
+from classwise.data import ClasswiseDataModule
+from classwise.errors import ConfigError
+from classwise.lit import ClassifierModule
+from classwise.models import build_model
+from classwise.reporting.results import update_results
+
+log = logging.getLogger(__name__)
+
+
+def destroy_process_group() -> None:
+    """Registered at exit: without it about a third of gloo runs abort while exiting."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def plain(cfg: DictConfig | None) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+
+
+def build_datamodule(cfg: DictConfig, poisoner: Any = None) -> ClasswiseDataModule:
+    return ClasswiseDataModule(dataset=plain(cfg.dataset), seed=cfg.seed, poisoner=poisoner, **plain(cfg.data))
+
+
+def build_classifier(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> torch.nn.Module:
+    kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+    return build_model(
+        model_cfg["name"], in_channels=dataset_cfg["channels"], num_classes=dataset_cfg["num_classes"],
+        image_size=dataset_cfg["image_size"], mean=dataset_cfg["mean"], std=dataset_cfg["std"], **kwargs,
+    )
+
+
+def build_logger(cfg: DictConfig):
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg or "_target_" not in logger_cfg:
+        return False
+    return instantiate(logger_cfg)
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint to resume from: `resume=` (a run folder or .ckpt), else this run folder's last.ckpt."""
+    if cfg.get("resume"):
+        path = Path(cfg.resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(f"resume={cfg.resume}: no checkpoint there; accepted: a run folder with checkpoints/last.ckpt, or a .ckpt file")
+        return str(path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test and (through the PatternSearch callback) search; returns the results.json content."""
+    validate(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    atexit.register(destroy_process_group)
+
+    setting = cfg.setting
+    poisoner = instantiate(setting.poisoner) if setting.get("poisoner") else None
+    adversary = instantiate(setting.adversary) if setting.get("adversary") else None
+    dm = build_datamodule(cfg, poisoner)
+    dataset_cfg, model_cfg = plain(cfg.dataset), plain(cfg.model)
+    model = build_classifier(model_cfg, dataset_cfg)
+    ckpt = resume_checkpoint(cfg, output_dir)
+    meta = {"model": model_cfg, "dataset": dataset_cfg, "setting": plain(setting), "seed": int(cfg.seed)}
+    module = ClassifierModule(
+        model,
+        optimizer=instantiate(cfg.module.optimizer),
+        scheduler=instantiate(cfg.module.scheduler) if cfg.module.get("scheduler") else None,
+        num_classes=dataset_cfg["num_classes"],
+        adversary=adversary,
+        meta=meta,
+    )
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
+    logger = build_logger(cfg)
+    if logger:
+        logger.log_hyperparams(plain(cfg))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+    dm.prepare_data()  # finds or stages the data now: a missing dataset fails before training starts
+    if trainer.global_rank == 0:
+        dm.setup()
+        dm.save_splits(output_dir / "splits.safetensors")
+        if poisoner is not None:
+            poisoner.save(output_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
+    metrics = {"clean_acc": float(test_metrics["test/clean_acc"])}
+    for extra in (poisoner, adversary):
+        if extra is not None:
+            metrics.update(extra.evaluate(module.model, dm))
+    if trainer.global_rank != 0:
+        return {}
+    last = output_dir / "checkpoints" / "last.ckpt"
+    run = {
+        "dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.name, "seed": int(cfg.seed),
+        "checkpoint": str(last.relative_to(output_dir)) if last.exists() else None,
+        "resumed_from": ckpt, "output_dir": str(output_dir), "config": plain(cfg),
+    }
+    path = update_results(output_dir, run=run, metrics=metrics)
+    if logger:
+        logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+    log.info("results: %s", path)
+    print(f"clean_acc={metrics['clean_acc']:.4f}  results: {path}")
+    return {"run": run, "metrics": metrics}
+
+
+@hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
+@cli_errors
+def _main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
