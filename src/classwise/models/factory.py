@@ -101,5 +101,7 @@ def build_model(
         )
     if len(mean) != in_channels or len(std) != in_channels:
         raise ConfigError(f"dataset.mean/std have {len(mean)}/{len(std)} values; accepted: one per channel ({in_channels})")
+    if name == "small_cnn":
+        kwargs.setdefault("image_size", image_size)
     net = MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
     return NormalizedClassifier(net, mean, std)

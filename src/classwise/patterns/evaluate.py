@@ -24,12 +24,13 @@ def attack_success_rates(
     targets: torch.Tensor,
     images: torch.Tensor,
     labels: torch.Tensor,
-    max_forward: int = 4096,
+    max_forward: int = 512,
 ) -> torch.Tensor:
     """ASR [P] of P patterns: the share of images *not* of the target class predicted as the target.
 
     canvases [P, C, H, W], pixels [P, 1, H, W] bool, targets [P]; images [N, C, H, W], labels [N].
-    Each forward pass holds up to `max_forward` pasted images, several patterns at once.
+    Each forward pass holds up to `max_forward` pasted images (several patterns at once); larger
+    passes are slower on CPU, where activations outgrow the caches.
     """
     device = next(model.parameters()).device
     p_total = len(targets)

@@ -1,0 +1,52 @@
+# classwise: `make help` lists every target.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= data
+
+.DEFAULT_GOAL := help
+
+help: ## list every target
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv once and install classwise with its dev tools
+
+data: ## make Fashion-MNIST available (Debian's package where apt works, else torchvision's download)
+	@if ls $(DATA_DIR)/FashionMNIST/raw/*-ubyte >/dev/null 2>&1 || ls /usr/share/datasets/fashion-mnist/*.gz >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: installed Debian's dataset-fashion-mnist"; \
+	elif $(BIN)/python -c "from torchvision.datasets import FashionMNIST; FashionMNIST('$(DATA_DIR)', download=True)" >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: downloaded to $(DATA_DIR)"; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or put the four *-ubyte files in $(DATA_DIR)/FashionMNIST/raw/, or run where the network reaches torchvision's mirrors" >&2; exit 1; \
+	fi
+
+run: install data ## the embedded default: train small_cnn on Fashion-MNIST (CPU), then search all 10 patterns
+	$(BIN)/classwise-train $(ARGS)
+
+test: install ## the test suite (fast tests; `make test-slow` adds the slow ones)
+	$(BIN)/pytest -q
+
+test-slow: install ## every test, the slow ones included
+	$(BIN)/pytest -q -m ""
+
+bench: install ## search throughput and batched-vs-loop speedup (prints a table)
+	$(BIN)/python -m classwise.bench
+
+lint: install ## ruff
+	$(BIN)/ruff check src tests
+
+clean: ## remove caches and run outputs (keeps .venv and data)
+	rm -rf .pytest_cache .ruff_cache outputs/*/ src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install data run test test-slow bench lint clean

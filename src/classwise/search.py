@@ -1,0 +1,134 @@
+"""`classwise-search`: the class-wise pattern search on a saved checkpoint or a torchvision model."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from classwise.callbacks.pattern_search import run_pattern_search
+from classwise.config import cli_errors, conf_dir, validate
+from classwise.errors import ConfigError
+from classwise.patterns.evaluate import predict
+from classwise.reporting.results import update_results
+from classwise.train import build_classifier, destroy_process_group, plain
+
+log = logging.getLogger(__name__)
+MATCH_KEYS = ("name", "image_size", "channels", "num_classes")
+
+
+def resolve_checkpoint(path: str) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "checkpoints" / "last.ckpt"
+    if not p.is_file():
+        raise ConfigError(f"checkpoint={path}: no such file; accepted: a .ckpt file or a run folder with checkpoints/last.ckpt")
+    return p
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f"checkpoint={path} cannot be read as a weights-only PyTorch checkpoint ({type(exc).__name__})") from exc
+
+
+def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The classifier's state dict from a Lightning checkpoint (module prefix removed) or a bare one."""
+    state = ckpt.get("state_dict", ckpt)
+    if any(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    return state
+
+
+def _user_chose(group: str) -> bool:
+    try:
+        return any(o.split("=")[0].lstrip("+~") == group for o in HydraConfig.get().overrides.task)
+    except ValueError:
+        return False
+
+
+def configs_for(cfg: DictConfig, ckpt: dict[str, Any] | None) -> tuple[dict, dict, dict]:
+    """(model, dataset, setting) configs: from the checkpoint where it carries them, else from cfg."""
+    model_cfg, dataset_cfg, setting = plain(cfg.model), plain(cfg.dataset), {"name": "unknown"}
+    meta = (ckpt or {}).get("classwise") or {}
+    if meta:
+        model_cfg = meta["model"]
+        setting = meta.get("setting", setting)
+        stored = meta["dataset"]
+        if _user_chose("dataset"):
+            for key in MATCH_KEYS:
+                if stored.get(key) != dataset_cfg.get(key):
+                    raise ConfigError(
+                        f"dataset.{key}={dataset_cfg.get(key)} does not match the checkpoint's {stored.get(key)}; "
+                        "accepted: the dataset the model was trained on (leave dataset= unset to use it)"
+                    )
+        else:
+            local = {k: v for k, v in dataset_cfg.items() if k in ("root", "download")}
+            dataset_cfg = {**stored, **(local if stored.get("name") == dataset_cfg.get("name") else {})}
+            if "root" in stored and stored.get("name") != dataset_cfg.get("name"):
+                dataset_cfg["root"] = plain(cfg.paths)["data_dir"]
+    return model_cfg, dataset_cfg, setting
+
+
+def search(cfg: DictConfig) -> dict[str, Any]:
+    validate(cfg)
+    atexit.register(destroy_process_group)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+    model_cfg, dataset_cfg, setting = configs_for(cfg, ckpt)
+    if ckpt is None and not model_cfg.get("pretrained"):
+        raise ConfigError("checkpoint is not set; accepted: checkpoint=<run folder or .ckpt>, or model=torchvision model.pretrained=true")
+    model = build_classifier(model_cfg, dataset_cfg)
+    if ckpt is not None:
+        try:
+            model.load_state_dict(model_state(ckpt))
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise ConfigError(
+                f"checkpoint={ckpt_path} does not match model={model_cfg['name']} for dataset={dataset_cfg['name']}: {first}"
+            ) from exc
+    cfg_data = {**plain(cfg.data)}
+    dm = build_datamodule_from(cfg, dataset_cfg, cfg_data)
+    dm.prepare_data()
+    dm.setup()
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") else "cpu")
+    model.to(device)
+    test_x, test_y = dm.split_tensors("search")
+    eval_x, eval_y = dm.split_tensors("eval")
+    preds = predict(model, torch.cat([test_x, eval_x]))
+    clean_acc = float((preds == torch.cat([test_y, eval_y])).float().mean())
+    summary = run_pattern_search(model, dm, cfg.search, output_dir)
+    run = {"dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.get("name"), "seed": int(cfg.seed),
+           "checkpoint": str(ckpt_path.resolve()) if ckpt_path else None, "output_dir": str(output_dir), "config": plain(cfg),
+           "job_type": "search"}
+    update_results(output_dir, run=run, metrics={"clean_acc": clean_acc})
+    print(f"clean_acc={clean_acc:.4f}  results: {output_dir / 'results.json'}")
+    return {"run": run, **(summary or {})}
+
+
+def build_datamodule_from(cfg: DictConfig, dataset_cfg: dict, data_cfg: dict):
+    from classwise.data import ClasswiseDataModule
+
+    return ClasswiseDataModule(dataset=dataset_cfg, seed=cfg.seed, **data_cfg)
+
+
+@hydra.main(config_path=conf_dir(), config_name="search", version_base="1.3")
+@cli_errors
+def _main(cfg: DictConfig) -> None:
+    search(cfg)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

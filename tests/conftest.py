@@ -1,0 +1,72 @@
+"""Shared test helpers: run the real CLIs in a subprocess, compose the real configs, a planted-patch model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(module: str, *overrides: str, root: Path, run_dir: Path | None = None, timeout: int = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m classwise.<module> overrides...` with outputs under `root` and W&B disabled."""
+    env = dict(os.environ, CLASSWISE_ROOT=str(root), WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    args = [sys.executable, "-m", f"classwise.{module}", *overrides]
+    if run_dir is not None:
+        args.append(f"hydra.run.dir={run_dir}")
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def _run(module: str, *overrides: str, run_dir: str | Path | None = "run", **kw):
+        rd = tmp_path / run_dir if run_dir is not None else None
+        return run_cli(module, *overrides, root=tmp_path, run_dir=rd, **kw)
+
+    return _run
+
+
+class PlantedPatchModel(nn.Module):
+    """Answers `target` exactly when a white patch sits at (top, left); a fixed linear map otherwise.
+
+    The ground truth for the search: the only pixels that can make any image class `target` are the
+    patch's, so a correct search must put its top-k pixels there.
+    """
+
+    def __init__(self, channels: int, size: int, num_classes: int, target: int, top: int, left: int, patch: int,
+                 seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.linear = nn.Linear(channels * size * size, num_classes)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(num_classes, channels * size * size, generator=g) * 0.05)
+            self.linear.bias.zero_()
+        self.target, self.top, self.left, self.patch = target, top, left, patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x.flatten(1))
+        region = x[:, :, self.top : self.top + self.patch, self.left : self.left + self.patch].mean((1, 2, 3))
+        bonus = torch.zeros_like(logits)
+        bonus[:, self.target] = 60 * (region - 0.85)
+        return logits + bonus
+
+
+def stamp(images: torch.Tensor, top: int, left: int, patch: int) -> torch.Tensor:
+    out = images.clone()
+    out[:, :, top : top + patch, left : left + patch] = 1.0
+    return out

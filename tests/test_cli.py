@@ -1,0 +1,100 @@
+"""The real command lines end to end on synthetic data: train, resume, search a checkpoint, bad input."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import read_json
+
+FAST = ("debug=fast",)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One debug=fast training run shared by the tests below."""
+    from tests.conftest import run_cli
+
+    root = tmp_path_factory.mktemp("trained")
+    run_cli("train", *FAST, "search.pattern_ratios=[0.02,0.05]", root=root, run_dir=root / "run")
+    return root / "run"
+
+
+def test_train_writes_results_and_patterns(trained):
+    res = read_json(trained / "results.json")
+    assert res["schema_version"] == 1
+    assert res["run"]["dataset"] == "synthetic" and res["run"]["model"] == "small_cnn" and res["run"]["setting"] == "natural"
+    assert res["run"]["config"]["seed"] == 0
+    assert 0.5 < res["metrics"]["clean_acc"] <= 1.0
+    assert [c["class_index"] for c in res["classes"]] == [0, 1, 2, 3]
+    for c in res["classes"]:
+        assert [b["pattern_ratio"] for b in c["by_ratio"]] == [0.02, 0.05]
+        assert all(0 <= b["asr"] <= 1 and "random" in b["baselines"] for b in c["by_ratio"])
+        assert c["canvas_split"] == "train" and c["canvas_index"] >= 0
+    s = res["search"]
+    assert s["preset"] == "paper" and s["world_size"] == 1 and s["pool_size"] > 0 and s["eval_size"] > 0
+    splits = load_file(str(trained / s["splits_file"]))
+    assert not set(splits["search"].tolist()) & set(splits["eval"].tolist())
+    masks = load_file(str(trained / "patterns" / "masks.safetensors"))
+    assert masks["class_0"].shape == (1, 16, 16)
+    assert (trained / "patterns" / "grid.png").stat().st_size > 5000
+    assert (trained / "checkpoints" / "last.ckpt").exists()
+
+
+def test_search_on_checkpoint_reproduces_the_train_search(trained, cli, tmp_path):
+    cli("search", *FAST, f"checkpoint={trained}", "search.pattern_ratios=[0.02,0.05]")
+    res = read_json(tmp_path / "run" / "results.json")
+    ref = read_json(trained / "results.json")
+    assert res["run"]["dataset"] == "synthetic" and res["run"]["setting"] == "natural"
+    for a, b in zip(res["classes"], ref["classes"], strict=True):
+        assert a["canvas_index"] == b["canvas_index"]
+        assert a["by_ratio"][1]["asr"] == pytest.approx(b["by_ratio"][1]["asr"], abs=0.02)
+
+
+def test_resume_continues_from_last_checkpoint(cli, tmp_path):
+    first = tmp_path / "interrupted"
+    cli("train", *FAST, "trainer.max_epochs=1", "search.enabled=false", run_dir="interrupted")
+    cli("train", *FAST, "trainer.max_epochs=2", "search.enabled=false", f"resume={first}", run_dir="resumed")
+    cli("train", *FAST, "trainer.max_epochs=2", "search.enabled=false", run_dir="straight")
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 1
+    assert resumed["global_step"] == straight["global_step"] == 16
+    assert read_json(tmp_path / "resumed" / "results.json")["run"]["resumed_from"].endswith("last.ckpt")
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (("dataset=imagenet21k",), "dataset"),
+    (("model.name=alexnet9",), "model.name"),
+    (("module.optimizer.lr=0",), "module.optimizer.lr"),
+    (("data.batch_size=-4",), "data.batch_size"),
+    (("dataset.root=/no/such/folder", "dataset=fashion_mnist"), "dataset.root"),
+    (("model=vgg16_bn",), "dataset.image_size"),
+    (("search.pattern_ratios=[0]",), "search.pattern_ratios"),
+    (("search.canvas=best",), "search.canvas"),
+])
+def test_bad_train_input_fails_fast_with_one_line(cli, overrides, needle):
+    start = time.perf_counter()
+    proc = cli("train", *FAST, *overrides, check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.perf_counter() - start < 60
+
+
+def test_checkpoint_of_another_model_is_refused(trained, cli):
+    proc = cli("search", *FAST, f"checkpoint={trained / 'checkpoints' / 'last.ckpt'}", "dataset=synthetic",
+               "dataset.channels=3", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.2,0.2,0.2]", check=False)
+    assert proc.returncode == 2 and "dataset.channels" in proc.stderr
+    proc = cli("search", *FAST, "checkpoint=/no/such.ckpt", check=False)
+    assert proc.returncode == 2 and "checkpoint=" in proc.stderr
+
+
+def test_search_rejects_class_and_canvas_index_out_of_range(trained, cli):
+    proc = cli("search", *FAST, f"checkpoint={trained}", "search.classes=[9]", check=False)
+    assert proc.returncode == 2 and "search.classes" in proc.stderr
+    proc = cli("search", *FAST, f"checkpoint={trained}", "search.canvas=index", "search.canvas_index=99999", check=False)
+    assert proc.returncode == 2 and "search.canvas_index" in proc.stderr

@@ -1,0 +1,65 @@
+"""Every option of every config group composes and resolves with the real train.yaml / search.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from classwise.config import conf_dir, validate
+from classwise.errors import ConfigError
+
+GROUPS = ["dataset", "model", "setting", "trainer", "logger", "callbacks", "search", "debug", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
+
+
+def compose_train(*overrides: str, name: str = "train"):
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = "/tmp/out"
+        return cfg
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if option == "imagefolder":
+        overrides += ["dataset.root=/tmp", "dataset.num_classes=3", "model=resnet50"]
+    if group == "model" and option in ("vgg16_bn", "resnet50", "torchvision"):
+        overrides.append("dataset=cifar10")
+    cfg = compose_train(*overrides)
+    resolved = {k: OmegaConf.select(cfg, k) for k in cfg if k != "hydra"}
+    resolved = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in resolved.items()}
+    assert resolved["dataset"]["name"] and resolved["model"]["name"]
+    validate(cfg)
+
+
+def test_search_config_composes():
+    cfg = compose_train("checkpoint=/tmp/x.ckpt", name="search")
+    assert cfg.search.preset == "paper" and cfg.checkpoint == "/tmp/x.ckpt"
+
+
+def test_paper_preset_has_the_authors_values():
+    s = compose_train().search
+    assert (s["update"], s.step_size, s.alpha, s.batch_size, s.epochs, s.mask_init) == ("sign", 0.02, 0.2, 4, 5, 0.5)
+    assert list(s.pattern_ratios) == [0.05]
+
+
+@pytest.mark.parametrize("override,key", [
+    ("module.optimizer.lr=0", "module.optimizer.lr"),
+    ("module.optimizer.lr=-1", "module.optimizer.lr"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("dataset.image_size=16", "dataset.image_size"),  # vgg16_bn needs 32
+])
+def test_validation_names_the_key(override, key):
+    cfg = compose_train("model=vgg16_bn", "dataset=cifar10", override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
