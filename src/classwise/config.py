@@ -66,8 +66,21 @@ def cli_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
-            print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        except Exception as exc:
+            cause = _config_error_in(exc)
+            if cause is None:
+                raise
+            print(f"{Path(sys.argv[0]).name}: error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def _config_error_in(exc: BaseException | None) -> ConfigError | None:
+    """The ConfigError behind `exc`, also when Hydra's instantiate wrapped it."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConfigError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None

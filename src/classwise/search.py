@@ -105,13 +105,25 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     eval_x, eval_y = dm.split_tensors("eval")
     preds = predict(model, torch.cat([test_x, eval_x]))
     clean_acc = float((preds == torch.cat([test_y, eval_y])).float().mean())
-    summary = run_pattern_search(model, dm, cfg.search, output_dir)
+    trigger, target = true_trigger(setting)
+    summary = run_pattern_search(model, dm, cfg.search, output_dir, detector=plain(cfg.get("detector")),
+                                 trigger=trigger, target_class=target)
     run = {"dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.get("name"), "seed": int(cfg.seed),
            "checkpoint": str(ckpt_path.resolve()) if ckpt_path else None, "output_dir": str(output_dir), "config": plain(cfg),
            "job_type": "search"}
     update_results(output_dir, run=run, metrics={"clean_acc": clean_acc})
     print(f"clean_acc={clean_acc:.4f}  results: {output_dir / 'results.json'}")
     return {"run": run, **(summary or {})}
+
+
+def true_trigger(setting: dict[str, Any]) -> tuple[Any, int | None]:
+    """The trigger and target class a backdoored checkpoint was trained with (for the figure and overlap)."""
+    poisoner = (setting or {}).get("poisoner") or {}
+    if not poisoner.get("trigger"):
+        return None, None
+    from hydra.utils import instantiate
+
+    return instantiate(poisoner["trigger"]), int(poisoner.get("target_class", 0))
 
 
 def build_datamodule_from(cfg: DictConfig, dataset_cfg: dict, data_cfg: dict):

@@ -103,7 +103,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
     metrics = {"clean_acc": float(test_metrics["test/clean_acc"])}
-    for extra in (poisoner, adversary):
+    robust = adversary
+    if robust is None and cfg.get("robust_eval"):
+        from classwise.attacks.pgd import AdversarialTraining
+
+        adv = cfg.dataset.adversarial
+        robust = AdversarialTraining(eps=adv.eps, step_size=adv.step_size, steps=adv.steps, seed=cfg.seed)
+    for extra in (poisoner, robust):
         if extra is not None:
             metrics.update(extra.evaluate(module.model, dm))
     if trainer.global_rank != 0:

@@ -83,6 +83,9 @@ def run_pattern_search(
     gather: Callable[[Any], list[Any]] | None = None,
     logger: Any = None,
     progress: bool = True,
+    detector: dict[str, Any] | None = None,
+    trigger: Any = None,
+    target_class: int | None = None,
 ) -> dict[str, Any] | None:
     """Search this rank's share of the classes; rank 0 gathers, writes outputs and returns the summary.
 
@@ -112,8 +115,63 @@ def run_pattern_search(
         records = [r for part, _ in gathered for r in part]
         seconds = max(s for _, s in gathered)
     records.sort(key=lambda r: r["class_index"])
-    return _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
-                 (eval_x, eval_y), Path(run_dir), logger)
+    summary = _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
+                    (eval_x, eval_y), Path(run_dir), logger)
+    summary.update(_detection(model, dm, records, search_set, search_cfg, ratios, Path(run_dir), detector or {},
+                              trigger, target_class, progress))
+    return summary
+
+
+def _detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path, detector: dict, trigger,
+               target_class, progress) -> dict[str, Any]:
+    """Our detection on every searched class (3 or more), Neural Cleanse beside it if asked, trigger figure."""
+    from classwise.patterns.detection import pattern_detection
+
+    if len(records) < 3:
+        return {}
+    classes = [r["class_index"] for r in records]
+    block = pattern_detection([float(r["mask"].sum()) for r in records], classes)
+    block["seconds"] = None
+    sections: dict[str, Any] = {"detection": block}
+    if detector.get("name") == "neural_cleanse":
+        from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
+
+        nc_cfg = NeuralCleanseConfig(**{k: v for k, v in detector.items() if k != "name"}, seed=search_cfg.seed)
+        sections["detection_baselines"] = {"neural_cleanse": neural_cleanse(model, classes, *search_set, nc_cfg, progress)}
+    if trigger is not None and target_class is not None and target_class in classes:
+        rec = records[classes.index(target_class)]
+        region = trigger.region
+        overlap = {}
+        for r in ratios:
+            pix = _pixels(rec, r)
+            overlap[str(r)] = float((pix & region).sum() / pix.sum())
+        block["true_target"] = target_class
+        block["target_pixels_on_trigger"] = overlap
+        _trigger_figure(trigger, rec, dm.classes[target_class], ratios, run_dir / "patterns" / "trigger_vs_pattern.png")
+    update_results(run_dir, **sections)
+    flagged = block["flagged"]
+    print(f"detection (log mask L1, MAD index > 2): flagged {flagged or 'none'}; "
+          f"predicted target {block['predicted_target']}")
+    if "detection_baselines" in sections:
+        nc = sections["detection_baselines"]["neural_cleanse"]
+        print(f"neural cleanse: flagged {nc['flagged'] or 'none'}; predicted target {nc['predicted_target']} ({nc['seconds']} s)")
+    return sections
+
+
+def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from classwise.reporting.figures import _show, pattern_on_gray
+
+    ratio = min(ratios)
+    fig, axes = plt.subplots(1, 4, figsize=(7.2, 2.2))
+    _show(axes[0], trigger.example(), f"true trigger ({trigger.name})")
+    _show(axes[1], record["canvas"], f"{name}: canvas")
+    _show(axes[2], record["mask"], "mask", cmap="magma")
+    _show(axes[3], pattern_on_gray(record["canvas"], _pixels(record, ratio)), f"pattern at {ratio:.0%}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, pool_size, eval_set,
@@ -200,13 +258,15 @@ def format_table(classes: list[dict], ratios: list[float]) -> str:
 class PatternSearch(Callback):
     """After `fit`, find every class's pattern on the trained model (classes sharded over ranks)."""
 
-    def __init__(self, search: dict[str, Any] | DictConfig, output_dir: str, enabled: bool = True):
+    def __init__(self, search: dict[str, Any] | DictConfig, output_dir: str, enabled: bool = True,
+                 detector: dict[str, Any] | DictConfig | None = None):
         super().__init__()
         self.settings = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else dict(search)
         self.settings.pop("enabled", None)
         parse_settings(self.settings)  # fail on a bad config before training, not after it
         self.output_dir = output_dir
         self.enabled = enabled
+        self.detector = OmegaConf.to_container(detector, resolve=True) if isinstance(detector, DictConfig) else (detector or {})
         self.summary: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -215,9 +275,13 @@ class PatternSearch(Callback):
         from classwise.callbacks.distributed import gather_to_rank0
 
         world = trainer.world_size
+        poisoner = getattr(trainer.datamodule, "poisoner", None)
         self.summary = run_pattern_search(
             pl_module.model, trainer.datamodule, self.settings, self.output_dir,
             rank=trainer.global_rank, world_size=world,
             gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
             logger=trainer.logger if trainer.global_rank == 0 else None,
+            detector=self.detector,
+            trigger=getattr(poisoner, "trigger", None),
+            target_class=getattr(poisoner, "target_class", None),
         )

@@ -24,7 +24,7 @@ def attack_success_rates(
     targets: torch.Tensor,
     images: torch.Tensor,
     labels: torch.Tensor,
-    max_forward: int = 512,
+    max_forward: int = 256,
 ) -> torch.Tensor:
     """ASR [P] of P patterns: the share of images *not* of the target class predicted as the target.
 

@@ -1,0 +1,134 @@
+"""L-infinity and L2 PGD (Madry et al. 2018) in [0, 1] pixel space; FGSM with random start is PGD with one step."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from classwise.errors import ConfigError
+
+NORMS = ("linf", "l2")
+
+
+def _l2_normalise(v: torch.Tensor) -> torch.Tensor:
+    return v / v.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (v.ndim - 1))
+
+
+def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    scale = (eps / delta.flatten(1).norm(dim=1).clamp(min=1e-12)).clamp(max=1.0)
+    return delta * scale.view(-1, *[1] * (delta.ndim - 1))
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: str = "linf",
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Untargeted PGD examples for (x, y): maximise cross-entropy inside the eps-ball and [0, 1].
+
+    The model runs in eval mode (batch norm statistics untouched) and no gradient reaches its
+    weights; works inside Lightning's inference mode too (gradients are re-enabled here).
+    """
+    if norm not in NORMS:
+        raise ConfigError(f"attack norm={norm!r} is unknown; accepted: {', '.join(NORMS)}")
+    if eps < 0 or step_size < 0 or steps < 0:
+        raise ConfigError(f"attack eps={eps}, step_size={step_size}, steps={steps} must be >= 0")
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone()
+        y = y.detach().clone()
+        delta = torch.zeros_like(x)
+        if random_start and steps > 0 and eps > 0:
+            noise = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+            if norm == "linf":
+                delta = (2 * noise - 1) * eps
+            else:
+                delta = _l2_normalise(torch.randn(x.shape, generator=generator).to(x.device)) * eps * noise.flatten(1)[:, :1].view(-1, *[1] * (x.ndim - 1))
+            delta = (x + delta).clamp(0, 1) - x
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(x + delta), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                step = grad.sign() if norm == "linf" else _l2_normalise(grad)
+                delta = _project(delta + step_size * step, eps, norm)
+                delta = (x + delta).clamp(0, 1) - x
+        model.train(was_training)
+        return (x + delta).detach()
+
+
+@torch.no_grad()
+def robust_accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int = 20,
+    norm: str = "linf",
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """Accuracy under PGD-`steps` with random start, on images [N, C, H, W]."""
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x, y = images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
+        adv = pgd(model, x, y, eps, step_size, steps, norm, True, g)
+        model.eval()
+        correct += int((model(adv).argmax(1) == y).sum())
+    return correct / max(1, len(images))
+
+
+class AdversarialTraining:
+    """The adversarial setting: training examples from PGD or FGSM-RS, and PGD-20 robust accuracy.
+
+    `method`: `pgd` (Madry et al.: `steps` steps of `step_size`) or `fgsm_rs` (Wong et al. 2020:
+    one step of `fgsm_step` from a random start in the eps-ball).
+    """
+
+    METHODS = ("pgd", "fgsm_rs")
+
+    def __init__(self, method: str = "pgd", eps: float = 8 / 255, step_size: float = 2 / 255, steps: int = 10,
+                 fgsm_step: float | None = None, norm: str = "linf", eval_steps: int = 20,
+                 eval_step_size: float | None = None, eval_max_images: int | None = 2000, seed: int = 0):
+        if method not in self.METHODS:
+            raise ConfigError(f"setting.adversary.method={method!r} is unknown; accepted: {', '.join(self.METHODS)}")
+        if norm not in NORMS:
+            raise ConfigError(f"setting.adversary.norm={norm!r} is unknown; accepted: {', '.join(NORMS)}")
+        if not eps > 0 or not step_size > 0 or steps < 1:
+            raise ConfigError(f"setting.adversary eps={eps}, step_size={step_size}, steps={steps}: accepted eps > 0, step_size > 0, steps >= 1")
+        self.method, self.eps, self.step_size, self.steps, self.norm = method, eps, step_size, steps, norm
+        self.fgsm_step = fgsm_step if fgsm_step is not None else 1.25 * eps
+        self.eval_steps = eval_steps
+        self.eval_step_size = eval_step_size if eval_step_size is not None else 2.5 * eps / eval_steps
+        self.eval_max_images = eval_max_images
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+
+    def training_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.method == "fgsm_rs":
+            return pgd(model, x, y, self.eps, self.fgsm_step, 1, self.norm, True, self.generator)
+        return pgd(model, x, y, self.eps, self.step_size, self.steps, self.norm, True, self.generator)
+
+    def attack_settings(self) -> dict:
+        return {"norm": self.norm, "eps": self.eps, "step_size": self.eval_step_size, "steps": self.eval_steps,
+                "random_start": True}
+
+    def evaluate(self, model: nn.Module, dm) -> dict:
+        """`robust_acc`: PGD accuracy on the test set (the first `eval_max_images` of it)."""
+        images, labels = dm.source.test.batch(torch.arange(len(dm.source.test))[: self.eval_max_images])
+        acc = robust_accuracy(model, images, labels, self.eps, self.eval_step_size, self.eval_steps, self.norm,
+                              seed=self.seed)
+        return {"robust_acc": acc, "robust_attack": {**self.attack_settings(), "images": len(labels)}}

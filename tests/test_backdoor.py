@@ -1,0 +1,128 @@
+"""Backdoor setting: triggers, poisoning, the anomaly index, and detection on quickly trained models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from classwise.data.poisoning import Poisoner
+from classwise.data.sources import TensorImages
+from classwise.data.triggers import SIG, BadNets, Blend, Trojan
+from classwise.errors import ConfigError
+from classwise.patterns.detection import anomaly_indices, detect, median
+from tests.conftest import read_json
+
+
+def gray(n=4, c=3, s=16):
+    return torch.full((n, c, s, s), 0.5)
+
+
+@pytest.mark.parametrize("position,corner", [("bottom_right", (12, 12)), ("top_left", (1, 1)), ([5, 7], (5, 7))])
+def test_badnets_stamps_its_square_where_configured(position, corner):
+    t = BadNets(16, 3, size=3, position=position, margin=1)
+    out = t.apply(gray())
+    r, c = corner
+    assert out[:, :, r : r + 3, c : c + 3].eq(1).all()
+    changed = (out != 0.5).any(1)[0]
+    assert changed.sum() == 9 and torch.equal(changed, t.region[0])
+
+
+def test_checkerboard_trojan_blend_sig_shapes_and_range():
+    x = torch.rand(5, 1, 28, 28)
+    cb = BadNets(28, 1, size=4, content="checkerboard").apply(x)
+    assert set(cb[0, 0, 23:27, 23:27].unique().tolist()) == {0.0, 1.0}
+    for trig in (Trojan(28, 1), Blend(28, 1, alpha=0.2), SIG(28, 1)):
+        a, b = trig.apply(x), trig.apply(x)
+        assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1 and torch.equal(a, b)
+    blend = Blend(28, 1, alpha=0.2)
+    assert torch.allclose(blend.apply(x), 0.8 * x + 0.2 * blend.pattern)
+    sig = SIG(28, 1, delta=0.1).apply(torch.full((1, 1, 28, 28), 0.5))
+    assert torch.allclose(sig[0, 0, 0], sig[0, 0, 27])  # horizontal: every row the same
+    assert sig.max() == pytest.approx(0.6, abs=0.01) and sig.min() == pytest.approx(0.4, abs=0.01)
+
+
+def test_bad_trigger_settings_fail_with_the_key():
+    with pytest.raises(ConfigError, match="trigger.position"):
+        BadNets(16, 1, size=3, position="middle")
+    with pytest.raises(ConfigError, match="does not fit"):
+        BadNets(16, 1, size=5, position=[14, 14])
+    with pytest.raises(ConfigError, match="rate"):
+        Poisoner(BadNets(16, 1), rate=1.5)
+
+
+def _dataset(n=200, classes=4):
+    g = torch.Generator().manual_seed(0)
+    return TensorImages(torch.randint(0, 200, (n, 1, 16, 16), generator=g, dtype=torch.uint8), torch.arange(n) % classes)
+
+
+@pytest.mark.parametrize("trigger,clean_label", [(BadNets(16, 1), False), (SIG(16, 1), True)])
+def test_poisoning_rate_labels_and_determinism(trigger, clean_label):
+    base = _dataset()
+    train_idx = torch.arange(0, 160)
+    p = Poisoner(trigger, target_class=2, rate=0.1)
+    poisoned = p.poison_dataset(base, train_idx, seed=3)
+    idx = p.poison_idx
+    assert len(idx) == 16 and set(idx.tolist()) <= set(train_idx.tolist())
+    if clean_label:
+        assert (base.targets[idx] == 2).all() and torch.equal(poisoned.targets, base.targets)
+    else:
+        assert (base.targets[idx] != 2).all() and (poisoned.targets[idx] == 2).all()
+    x, _ = poisoned.batch(idx)
+    assert torch.allclose(x, trigger.apply(base.batch(idx)[0]))
+    untouched = torch.tensor([i for i in range(200) if i not in set(idx.tolist())])
+    assert torch.equal(poisoned.batch(untouched)[0], base.batch(untouched)[0])
+    again = Poisoner(trigger, target_class=2, rate=0.1)
+    again.poison_dataset(base, train_idx, seed=3)
+    assert torch.equal(again.poison_idx, idx)
+
+
+def test_median_and_anomaly_index_by_hand():
+    assert median([3, 1, 2]) == 2 and median([4, 1, 3, 2]) == 2.5  # not torch.median's lower middle (2)
+    # odd: values 1..5 and 20 -> median 3.5 ... use 5 values: [1, 2, 3, 4, 10]: median 3, |dev| [2,1,0,1,7], MAD 1
+    idx = anomaly_indices([1, 2, 3, 4, 10])
+    assert idx == pytest.approx([2 / 1.4826, 1 / 1.4826, 0, 1 / 1.4826, 7 / 1.4826])
+    # even: [1, 2, 4, 5, 6, 30]: median 4.5, |dev| [3.5, 2.5, .5, .5, 1.5, 25.5] -> MAD (1.5 + 2.5) / 2 = 2
+    idx = anomaly_indices([1, 2, 4, 5, 6, 30])
+    assert idx[5] == pytest.approx(25.5 / (1.4826 * 2))
+    block = detect([1, 2, 4, 5, 6, 30], "x", "large")
+    assert block["flagged"] == [5] and block["predicted_target"] == 5
+    assert detect([1, 2, 4, 5, 6, 30], "x", "small")["flagged"] == []
+    assert detect([math.log(v) for v in (6, 47, 60, 80, 90, 100, 110, 120, 140, 151)], "log", "small")["flagged"] == [0]
+
+
+TRAIN = ("debug=fast", "dataset.num_classes=8", "dataset.num_train=3000", "trainer.max_epochs=3",
+         "trainer.limit_train_batches=1.0", "detector=neural_cleanse", "detector.steps=120")
+
+
+@pytest.fixture(scope="module")
+def backdoor_and_clean(tmp_path_factory):
+    from tests.conftest import run_cli
+
+    root = tmp_path_factory.mktemp("bd")
+    run_cli("train", *TRAIN, "setting=backdoor", "setting.poisoner.target_class=3", "trigger.position=top_left",
+            root=root, run_dir=root / "backdoor")
+    run_cli("train", *TRAIN, root=root, run_dir=root / "clean")
+    return read_json(root / "backdoor" / "results.json"), read_json(root / "clean" / "results.json"), root
+
+
+def test_backdoor_training_reports_clean_acc_and_backdoor_asr(backdoor_and_clean):
+    bd, _, root = backdoor_and_clean
+    assert bd["metrics"]["clean_acc"] > 0.9 and bd["metrics"]["backdoor_asr"] > 0.9
+    assert bd["metrics"]["backdoor"]["poisoned"] == round(0.1 * 2700)
+    assert (root / "backdoor" / "poison.safetensors").exists()
+    assert (root / "backdoor" / "patterns" / "trigger_vs_pattern.png").exists()
+
+
+def test_detection_flags_the_target_and_not_a_clean_model(backdoor_and_clean):
+    bd, clean, _ = backdoor_and_clean
+    d = bd["detection"]
+    target_index = d["anomaly_index"][3]
+    assert d["predicted_target"] == 3 and target_index > 2 and target_index == max(d["anomaly_index"])
+    assert d["target_pixels_on_trigger"]["0.05"] >= 0.5
+    assert max(clean["detection"]["anomaly_index"]) < target_index
+    nc_bd = bd["detection_baselines"]["neural_cleanse"]
+    nc_clean = clean["detection_baselines"]["neural_cleanse"]
+    assert nc_bd["predicted_target"] == 3
+    assert max(nc_clean["anomaly_index"]) < nc_bd["anomaly_index"][3]
