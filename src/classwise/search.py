@@ -77,10 +77,47 @@ def configs_for(cfg: DictConfig, ckpt: dict[str, Any] | None) -> tuple[dict, dic
     return model_cfg, dataset_cfg, setting
 
 
-def search(cfg: DictConfig) -> dict[str, Any]:
+def check_launch(trainer_cfg: dict[str, Any]) -> None:
+    """`ddp` relaunches the script with its argv, which inside --multirun would rerun the whole sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        multirun = False
+    if multirun and str(trainer_cfg.get("strategy", "auto")).startswith("ddp") and trainer_cfg.get("strategy") != "ddp_spawn":
+        raise ConfigError(
+            f"trainer.strategy={trainer_cfg.get('strategy')} cannot run inside --multirun (its workers relaunch the "
+            "whole sweep); accepted: trainer.strategy=ddp_spawn"
+        )
+
+
+def make_fabric(trainer_cfg: dict[str, Any]):
+    """A Lightning Fabric with the trainer config's accelerator, devices, strategy and nodes."""
+    from lightning.fabric import Fabric
+
+    return Fabric(
+        accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
+        strategy=trainer_cfg.get("strategy", "auto"), num_nodes=trainer_cfg.get("num_nodes", 1),
+    )
+
+
+def search(cfg: DictConfig) -> dict[str, Any] | None:
+    """Validate, then run the search on every process of the configured strategy (rank 0 writes)."""
     validate(cfg)
+    trainer_cfg = plain(cfg.trainer)
+    check_launch(trainer_cfg)
+    if cfg.get("checkpoint"):
+        load_checkpoint(resolve_checkpoint(cfg.checkpoint))  # a bad path fails before processes start
     atexit.register(destroy_process_group)
-    output_dir = Path(cfg.paths.output_dir)
+    fabric = make_fabric(trainer_cfg)
+    return fabric.launch(_search_worker, cfg, str(Path(cfg.paths.output_dir)))
+
+
+def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] | None:
+    output_dir = Path(output_dir)
+    rank, world = fabric.global_rank, fabric.world_size
     ckpt_path = resolve_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     model_cfg, dataset_cfg, setting = configs_for(cfg, ckpt)
@@ -95,19 +132,35 @@ def search(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(
                 f"checkpoint={ckpt_path} does not match model={model_cfg['name']} for dataset={dataset_cfg['name']}: {first}"
             ) from exc
-    cfg_data = {**plain(cfg.data)}
-    dm = build_datamodule_from(cfg, dataset_cfg, cfg_data)
-    dm.prepare_data()
+    # The data exactly as the model was trained on it: its seed's splits and, for a backdoored
+    # checkpoint, its poisoned training set (so `canvas_source=train` can pick a poisoned canvas).
+    data_seed = int((ckpt or {}).get("classwise", {}).get("seed", cfg.seed))
+    poisoner = None
+    if (setting.get("poisoner") or {}).get("_target_"):
+        from hydra.utils import instantiate
+
+        poisoner = instantiate(setting["poisoner"])
+    dm = build_datamodule_from(cfg, dataset_cfg, plain(cfg.data), data_seed, poisoner)
+    if rank == 0:
+        dm.prepare_data()
+    fabric.barrier()
     dm.setup()
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") else "cpu")
-    model.to(device)
+    model.to(fabric.device)
+    trigger = getattr(poisoner, "trigger", None)
+    target = getattr(poisoner, "target_class", None)
+    from classwise.callbacks.distributed import gather_to_rank0
+
+    summary = run_pattern_search(
+        model, dm, cfg.search, output_dir, rank=rank, world_size=world,
+        gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
+        detector=plain(cfg.get("detector")), trigger=trigger, target_class=target, progress=rank == 0,
+    )
+    if rank != 0:
+        return None
     test_x, test_y = dm.split_tensors("search")
     eval_x, eval_y = dm.split_tensors("eval")
     preds = predict(model, torch.cat([test_x, eval_x]))
     clean_acc = float((preds == torch.cat([test_y, eval_y])).float().mean())
-    trigger, target = true_trigger(setting)
-    summary = run_pattern_search(model, dm, cfg.search, output_dir, detector=plain(cfg.get("detector")),
-                                 trigger=trigger, target_class=target)
     run = {"dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.get("name"), "seed": int(cfg.seed),
            "checkpoint": str(ckpt_path.resolve()) if ckpt_path else None, "output_dir": str(output_dir), "config": plain(cfg),
            "job_type": "search"}
@@ -116,20 +169,10 @@ def search(cfg: DictConfig) -> dict[str, Any]:
     return {"run": run, **(summary or {})}
 
 
-def true_trigger(setting: dict[str, Any]) -> tuple[Any, int | None]:
-    """The trigger and target class a backdoored checkpoint was trained with (for the figure and overlap)."""
-    poisoner = (setting or {}).get("poisoner") or {}
-    if not poisoner.get("trigger"):
-        return None, None
-    from hydra.utils import instantiate
-
-    return instantiate(poisoner["trigger"]), int(poisoner.get("target_class", 0))
-
-
-def build_datamodule_from(cfg: DictConfig, dataset_cfg: dict, data_cfg: dict):
+def build_datamodule_from(cfg: DictConfig, dataset_cfg: dict, data_cfg: dict, seed: int, poisoner: Any = None):
     from classwise.data import ClasswiseDataModule
 
-    return ClasswiseDataModule(dataset=dataset_cfg, seed=cfg.seed, **data_cfg)
+    return ClasswiseDataModule(dataset=dataset_cfg, seed=seed, poisoner=poisoner, **data_cfg)
 
 
 @hydra.main(config_path=conf_dir(), config_name="search", version_base="1.3")

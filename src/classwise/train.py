@@ -68,6 +68,9 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (through the PatternSearch callback) search; returns the results.json content."""
     validate(cfg)
+    from classwise.search import check_launch
+
+    check_launch(plain(cfg.trainer))
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     atexit.register(destroy_process_group)
