@@ -39,6 +39,12 @@ test: install ## the test suite (fast tests; `make test-slow` adds the slow ones
 test-slow: install ## every test, the slow ones included
 	$(BIN)/pytest -q -m ""
 
+sweep: install data ## the cpu_demo sweep: natural vs BadNets on Fashion-MNIST, ratios 1-10% (outputs/sweeps/cpu_demo)
+	$(BIN)/classwise-train experiment=cpu_demo $(ARGS)
+
+report: install ## tables, plots and gallery of a sweep (SWEEP=outputs/sweeps/cpu_demo)
+	$(BIN)/classwise-report $(or $(SWEEP),outputs/sweeps/cpu_demo)
+
 bench: install ## search throughput and batched-vs-loop speedup (prints a table)
 	$(BIN)/python -m classwise.bench
 
@@ -49,4 +55,4 @@ clean: ## remove caches and run outputs (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache outputs/*/ src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install data run test test-slow bench lint clean
+.PHONY: help install data run test test-slow sweep report bench lint clean

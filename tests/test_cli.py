@@ -98,3 +98,15 @@ def test_search_rejects_class_and_canvas_index_out_of_range(trained, cli):
     assert proc.returncode == 2 and "search.classes" in proc.stderr
     proc = cli("search", *FAST, f"checkpoint={trained}", "search.canvas=index", "search.canvas_index=99999", check=False)
     assert proc.returncode == 2 and "search.canvas_index" in proc.stderr
+
+
+def test_transfer_from_a_run_to_itself_reproduces_its_asr(trained, cli, tmp_path):
+    cli("search", *FAST, f"checkpoint={trained}", f"patterns_from={trained}")
+    transfer = read_json(tmp_path / "run" / "results.json")["transfer"]
+    ref = read_json(trained / "results.json")
+    assert transfer["pattern_ratios"] == [0.02, 0.05]
+    for t, c in zip(transfer["classes"], ref["classes"], strict=True):
+        for a, b in zip(t["by_ratio"], c["by_ratio"], strict=True):
+            assert a["asr"] == pytest.approx(b["asr"], abs=1e-6) and a["source_asr"] == b["asr"]
+    proc = cli("search", *FAST, f"checkpoint={trained}", "patterns_from=/no/run", check=False)
+    assert proc.returncode == 2 and "patterns_from" in proc.stderr

@@ -56,3 +56,12 @@ def test_ddp_inside_multirun_is_refused(tmp_path):
     proc = run_cli("search", "--multirun", "debug=fast", *DDP, "trainer.devices=2", "checkpoint=/x.ckpt", "seed=0,1",
                    root=tmp_path, check=False)
     assert proc.returncode != 0 and "ddp_spawn" in proc.stderr
+
+
+@pytest.mark.slow
+def test_twenty_two_process_runs_do_not_abort_at_exit(ten_class_run):
+    root = ten_class_run
+    for i in range(20):
+        proc = run_cli("search", "debug=fast", *DDP, "trainer.devices=2", f"checkpoint={root / 'train'}",
+                       "search.steps=2", root=root, run_dir=root / f"loop{i}", check=False)
+        assert proc.returncode == 0, f"run {i} exited {proc.returncode}: {proc.stderr[-2000:]}"

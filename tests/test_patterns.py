@@ -111,3 +111,33 @@ def test_bad_search_inputs_fail_before_compute(kwargs, match):
 def test_search_config_rejects_unknown_update():
     with pytest.raises(ConfigError, match="search.update"):
         SearchConfig(update="sgd")
+
+
+def test_baselines_on_the_planted_patch():
+    """Our pattern beats random and matches or beats Grad-CAM; the UAP stays in its eps ball."""
+    from classwise.patterns.baselines import UAPConfig, targeted_uaps
+
+    target, top, left = 1, 2, 2
+    tr_x, tr_y, te_x, te_y = synthetic()
+    torch.manual_seed(0)
+    model = PlantedPatchModel(1, SIZE, CLASSES, target, top, left, PATCH)
+    # A conv front so Grad-CAM has a layer to look at: identity 1x1 conv.
+    conv = torch.nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    net = torch.nn.Sequential(conv, model)
+    canvas_images = tr_x.clone()
+    canvas_images[tr_y == target] = stamp(tr_x[tr_y == target], top, left, PATCH)
+    pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: canvas_images[i])
+    ratio = PATCH * PATCH / SIZE**2
+    (res,) = classwise_patterns(
+        net, [target], CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:]), [ratio],
+        SearchConfig(epochs=2), CanvasConfig(strategy="index"), progress=False,
+        baselines=["random", "gradcam", "saliency", "uap"], uap_cfg=UAPConfig(eps=0.1, steps=30),
+    )
+    b = res.by_ratio[0]
+    assert b["asr"] > b["baselines"]["random"] + 0.5
+    assert b["asr"] >= b["baselines"]["gradcam"] - 1e-9
+    assert set(b["baselines"]) == {"random", "gradcam", "saliency", "uap_topk", "uap_dense"}
+    deltas = targeted_uaps(net, [target], te_x[:400], te_y[:400], UAPConfig(eps=0.05, steps=5), progress=False)
+    assert deltas.abs().max() <= 0.05 + 1e-6

@@ -67,6 +67,33 @@ def bench_model(name: str, channels: int, size: int, classes: int, per_class: in
     }
 
 
+def bench_ranks(steps: int) -> list[dict]:
+    """Wall time of `classwise-search` on 1 and 2 CPU processes (gloo) for a 10-class checkpoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CLASSWISE_ROOT=tmp, WANDB_MODE="disabled")
+        base = [sys.executable, "-m"]
+        subprocess.run(base + ["classwise.train", "debug=fast", "dataset.num_classes=10", "search.enabled=false",
+                               f"hydra.run.dir={tmp}/train"], env=env, check=True, capture_output=True)
+        for devices in (1, 2):
+            run = Path(tmp) / f"search{devices}"
+            start = time.perf_counter()
+            subprocess.run(base + ["classwise.search", "debug=fast", f"checkpoint={tmp}/train", f"search.steps={steps}",
+                                   "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={devices}",
+                                   f"hydra.run.dir={run}"], env=env, check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            seconds = json.loads((run / "results.json").read_text())["search"]["seconds"]
+            rows.append({"ranks": devices, "search s (slowest rank)": seconds, "command wall s": wall})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
@@ -81,6 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    print()
+    print("classwise-search, synthetic 10 classes, small_cnn 16x16, CPU processes (gloo):")
+    ranks = bench_ranks(400 // q)
+    print("| " + " | ".join(ranks[0]) + " |")
+    print("|" + "---|" * len(ranks[0]))
+    for r in ranks:
         print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
 
 

@@ -68,6 +68,20 @@ def cli_errors(fn):
             return fn(*args, **kwargs)
         except Exception as exc:
             cause = _config_error_in(exc)
+            if cause is None and _in_multirun():
+                # One failed job must not lose the others: record it in the job folder and go on.
+                import logging
+                import traceback
+
+                logging.getLogger(fn.__module__).error("job failed: %r", exc)
+                try:
+                    from hydra.core.hydra_config import HydraConfig
+
+                    out = Path(HydraConfig.get().runtime.output_dir)
+                    (out / "FAILED").write_text(traceback.format_exc())
+                except Exception:  # noqa: BLE001 - recording the failure must not fail the sweep
+                    pass
+                return None
             if cause is None:
                 raise
             print(f"{Path(sys.argv[0]).name}: error: {cause}", file=sys.stderr)
@@ -84,3 +98,13 @@ def _config_error_in(exc: BaseException | None) -> ConfigError | None:
             return exc
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - outside Hydra
+        return False

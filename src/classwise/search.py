@@ -150,11 +150,18 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
     target = getattr(poisoner, "target_class", None)
     from classwise.callbacks.distributed import gather_to_rank0
 
-    summary = run_pattern_search(
-        model, dm, cfg.search, output_dir, rank=rank, world_size=world,
-        gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
-        detector=plain(cfg.get("detector")), trigger=trigger, target_class=target, progress=rank == 0,
-    )
+    if cfg.get("patterns_from"):
+        if rank != 0:
+            return None
+        from classwise.callbacks.pattern_search import run_transfer
+
+        summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, cfg.search.get("eval_max_per_class"))}
+    else:
+        summary = run_pattern_search(
+            model, dm, cfg.search, output_dir, rank=rank, world_size=world,
+            gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
+            detector=plain(cfg.get("detector")), trigger=trigger, target_class=target, progress=rank == 0,
+        )
     if rank != 0:
         return None
     test_x, test_y = dm.split_tensors("search")
@@ -164,7 +171,16 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
     run = {"dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.get("name"), "seed": int(cfg.seed),
            "checkpoint": str(ckpt_path.resolve()) if ckpt_path else None, "output_dir": str(output_dir), "config": plain(cfg),
            "job_type": "search"}
-    update_results(output_dir, run=run, metrics={"clean_acc": clean_acc})
+    metrics = {"clean_acc": clean_acc}
+    if cfg.get("robust_eval"):
+        from classwise.attacks.pgd import AdversarialTraining
+
+        adv = cfg.dataset.adversarial if "adversarial" not in dataset_cfg else dataset_cfg["adversarial"]
+        metrics.update(AdversarialTraining(eps=adv["eps"], step_size=adv["step_size"], steps=adv["steps"],
+                                           seed=cfg.seed).evaluate(model, dm))
+    if poisoner is not None:
+        metrics.update(poisoner.evaluate(model, dm))
+    update_results(output_dir, run=run, metrics=metrics)
     print(f"clean_acc={clean_acc:.4f}  results: {output_dir / 'results.json'}")
     return {"run": run, **(summary or {})}
 

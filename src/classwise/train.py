@@ -45,11 +45,41 @@ def build_classifier(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> 
     )
 
 
-def build_logger(cfg: DictConfig):
+def sweep_group() -> str | None:
+    """One W&B group per Hydra multirun (its sweep folder's name); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def build_logger(cfg: DictConfig, job_type: str):
+    """The configured logger; W&B gets group, job type and tags, and goes offline when unreachable."""
     logger_cfg = cfg.get("logger")
     if not logger_cfg or "_target_" not in logger_cfg:
         return False
-    return instantiate(logger_cfg)
+    if "WandbLogger" not in logger_cfg["_target_"]:
+        return instantiate(logger_cfg)
+    from classwise.reporting.wandb_log import wandb_mode
+
+    setting = cfg.get("setting") or {}
+    tags = [f"setting:{setting.get('name', 'search')}", f"dataset:{cfg.dataset.name}", f"model:{cfg.model.name}"]
+    if setting.get("poisoner"):
+        tags.append(f"trigger:{cfg.trigger._target_.rsplit('.', 1)[-1].lower()}")
+    return instantiate(logger_cfg, mode=wandb_mode(logger_cfg.get("mode")), group=sweep_group(), job_type=job_type,
+                       tags=tags)
+
+
+def already_done(output_dir: Path) -> dict[str, Any] | None:
+    """A finished run's results (so a rerun sweep skips the job), else None."""
+    from classwise.reporting.results import read_results
+
+    results = read_results(output_dir)
+    return results if results.get("metrics") and results.get("run") else None
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -72,6 +102,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     check_launch(plain(cfg.trainer))
     output_dir = Path(cfg.paths.output_dir)
+    done = already_done(output_dir)
+    if done is not None and not cfg.get("resume"):
+        print(f"skipped: {output_dir / 'results.json'} exists (delete it to run again)")
+        return done
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     atexit.register(destroy_process_group)
 
@@ -92,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         meta=meta,
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
-    logger = build_logger(cfg)
+    logger = build_logger(cfg, "train")
     if logger:
         logger.log_hyperparams(plain(cfg))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
@@ -125,7 +159,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     path = update_results(output_dir, run=run, metrics=metrics)
     if logger:
-        logger.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+        from classwise.reporting.results import read_results
+        from classwise.reporting.wandb_log import finish, log_patterns, log_summary
+
+        results = read_results(output_dir)
+        log_patterns(logger, output_dir, results)
+        log_summary(logger, {**metrics, **{f"detection/{k}": v for k, v in (results.get("detection") or {}).items()
+                                           if k in ("predicted_target",)}})
+        finish(logger)
     log.info("results: %s", path)
     print(f"clean_acc={metrics['clean_acc']:.4f}  results: {path}")
     return {"run": run, "metrics": metrics}

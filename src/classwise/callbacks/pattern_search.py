@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 SEARCH_KEYS = {f for f in SearchConfig.__dataclass_fields__}
 CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": "index", "canvas_k": "k",
                "canvas_max_candidates": "max_candidates"}
-OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "enabled"}
+OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "enabled", "baselines", "uap_eps", "uap_steps",
+              "uap_batch_size"}
 
 
 def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig, CanvasConfig, dict[str, Any]]:
@@ -46,6 +47,15 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
     canvas_cfg = CanvasConfig(**{CANVAS_KEYS[k]: v for k, v in settings.items() if k in CANVAS_KEYS})
     other = {k: settings.get(k) for k in OTHER_KEYS}
     other["pattern_ratios"] = validate_ratios(other["pattern_ratios"] or [0.05])
+    from classwise.patterns.baselines import UAPConfig, check_baselines
+
+    other["baselines"] = check_baselines(["random"] if other["baselines"] is None else other["baselines"])
+    uap = {k: other[f"uap_{k}"] for k in ("eps", "steps", "batch_size") if other.get(f"uap_{k}") is not None}
+    other["uap"] = UAPConfig(**uap, seed=search_cfg.seed)
+    if other["uap"].eps <= 0 or other["uap"].steps < 1:
+        from classwise.errors import ConfigError
+
+        raise ConfigError(f"search.uap_eps={other['uap'].eps} and search.uap_steps={other['uap'].steps} must be positive")
     return search_cfg, canvas_cfg, other
 
 
@@ -104,7 +114,7 @@ def run_pattern_search(
     start = time.perf_counter()
     patterns = classwise_patterns(
         model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
-        progress=progress and rank == 0,
+        progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
     )
     seconds = time.perf_counter() - start
     records = [_to_record(p) for p in patterns]
@@ -212,6 +222,7 @@ def _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, wo
         "preset": other["preset"], "update": search_cfg.update, "step_size": search_cfg.step_size,
         "alpha": search_cfg.alpha, "batch_size": search_cfg.batch_size, "seed": search_cfg.seed,
         "canvas": canvas_cfg.strategy, "canvas_source": canvas_cfg.source, "pattern_ratios": ratios,
+        "baselines": other["baselines"], **({"uap_eps": other["uap"].eps} if "uap" in other["baselines"] else {}),
         "pool_size": pool_size, "eval_size": len(eval_y), "seconds": round(seconds, 2), "world_size": world_size,
         "splits_file": str(splits_file.relative_to(run_dir)), "masks_file": "patterns/masks.safetensors",
         "figure": "patterns/grid.png",
@@ -233,24 +244,32 @@ def _pixels(record: dict, ratio: float) -> torch.Tensor:
     return top_pixels(record["mask"].unsqueeze(0), ratio)[0]
 
 
+def _baseline_order(name: str) -> int:
+    order = ["random", "gradcam", "saliency", "uap_topk", "uap_dense"]
+    return order.index(name) if name in order else len(order)
+
+
 def format_table(classes: list[dict], ratios: list[float]) -> str:
     """The per-class ASR table printed at the end of a search."""
+    extra = sorted({k for c in classes for b in c["by_ratio"] for k in b["baselines"]}, key=_baseline_order)
     head = f"{'class':>5}  {'name':<14} {'canvas':>10} {'mask L1':>8}"
     for r in ratios:
-        head += f"  {'ASR@' + format(r, '.0%'):>8} {'random':>6}"
+        head += f"  {'ASR@' + format(r, '.0%'):>8}" + "".join(f" {n[:9]:>9}" for n in extra)
     head += f"  {'base':>5}"
     lines = [head, "-" * len(head)]
     for c in classes:
         line = f"{c['class_index']:>5}  {c['class_name'][:14]:<14} {c['canvas_split'][:1] + str(c['canvas_index']):>10} {c['mask_l1']:>8.1f}"
         for b in c["by_ratio"]:
-            line += f"  {b['asr']:>8.3f} {b['baselines']['random']:>6.3f}"
+            line += f"  {b['asr']:>8.3f}" + "".join(f" {b['baselines'].get(n, float('nan')):>9.3f}" for n in extra)
         line += f"  {c['by_ratio'][0]['base_rate']:>5.3f}"
         lines.append(line)
     if classes:
         line = f"{'mean':>5}  {'':<14} {'':>10} {sum(c['mask_l1'] for c in classes) / len(classes):>8.1f}"
         for i in range(len(ratios)):
             line += f"  {sum(c['by_ratio'][i]['asr'] for c in classes) / len(classes):>8.3f}"
-            line += f" {sum(c['by_ratio'][i]['baselines']['random'] for c in classes) / len(classes):>6.3f}"
+            for n in extra:
+                vals = [c["by_ratio"][i]["baselines"].get(n, float("nan")) for c in classes]
+                line += f" {sum(vals) / len(vals):>9.3f}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -285,3 +304,58 @@ class PatternSearch(Callback):
             trigger=getattr(poisoner, "trigger", None),
             target_class=getattr(poisoner, "target_class", None),
         )
+
+
+def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Path, run_dir: str | Path,
+                 eval_max_per_class: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Apply another run's patterns (its masks and canvases, at its ratios) to `model`, on this eval split.
+
+    Writes the `transfer` section of results.json: the source run, and per class its ASR here next
+    to the ASR the source run measured on its own model.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    from classwise.errors import ConfigError
+    from classwise.patterns.evaluate import attack_success_rates, base_rates
+    from classwise.patterns.search import top_pixels
+
+    source_run = Path(source_run)
+    results_file = source_run / "results.json"
+    if not results_file.is_file():
+        raise ConfigError(f"patterns_from={source_run}: no results.json there; accepted: a run folder of classwise-train/-search")
+    source = json.loads(results_file.read_text())
+    if "classes" not in source:
+        raise ConfigError(f"patterns_from={source_run}: its results.json has no patterns (was the search disabled?)")
+    tensors = load_file(str(source_run / source["search"]["masks_file"]))
+    ratios = source["search"]["pattern_ratios"]
+    classes = [c for c in source["classes"] if c["class_index"] < dm.num_classes]
+    masks = torch.stack([tensors[f"class_{c['class_index']}"] for c in classes])
+    canvases = torch.stack([tensors[f"canvas_{c['class_index']}"] for c in classes])
+    if canvases.shape[1:] != dm.split_tensors("search", max_items=1)[0].shape[1:]:
+        raise ConfigError(f"patterns_from={source_run}: its images are {tuple(canvases.shape[1:])}, this dataset's are not")
+    eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), eval_max_per_class)
+    tgt = torch.tensor([c["class_index"] for c in classes])
+    pix = torch.stack([top_pixels(masks, r) for r in ratios], 1).flatten(0, 1)
+    r_count = len(ratios)
+    asr = attack_success_rates(model, canvases.repeat_interleave(r_count, 0), pix, tgt.repeat_interleave(r_count),
+                               eval_x, eval_y, progress=progress, description="transferred patterns").view(len(classes), r_count)
+    base = base_rates(predict(model, eval_x), eval_y, tgt)
+    block = {
+        "source_run": str(source_run.resolve()),
+        "source_model": source.get("run", {}).get("model"), "source_setting": source.get("run", {}).get("setting"),
+        "pattern_ratios": ratios,
+        "classes": [
+            {"class_index": c["class_index"], "class_name": c["class_name"], "by_ratio": [
+                {"pattern_ratio": r, "asr": float(asr[k, i]), "base_rate": float(base[k]),
+                 "source_asr": c["by_ratio"][i]["asr"] if i < len(c["by_ratio"]) else None}
+                for i, r in enumerate(ratios)]}
+            for k, c in enumerate(classes)
+        ],
+    }
+    block["mean_asr"] = {str(r): float(asr[:, i].mean()) for i, r in enumerate(ratios)}
+    update_results(run_dir, transfer=block)
+    print(f"transfer from {source_run}: mean ASR " + ", ".join(f"{r:.0%}: {v:.3f}" for r, v in
+                                                                zip(ratios, block["mean_asr"].values(), strict=True)))
+    return block

@@ -9,6 +9,14 @@ import torch
 from torch import nn
 
 from classwise.errors import ConfigError
+from classwise.patterns.baselines import (
+    UAPConfig,
+    attribution_map,
+    check_baselines,
+    targeted_uaps,
+    top_k_of_map,
+    top_k_of_perturbation,
+)
 from classwise.patterns.canvas import CanvasConfig, CanvasPool, check_canvas_index, choose_candidates
 from classwise.patterns.evaluate import attack_success_rates, base_rates, predict, random_pixels
 from classwise.patterns.search import (
@@ -63,6 +71,8 @@ def classwise_patterns(
     canvas_cfg: CanvasConfig = CanvasConfig(),
     progress: bool = True,
     eval_predictions: torch.Tensor | None = None,
+    baselines: Sequence[str] = ("random",),
+    uap_cfg: UAPConfig | None = None,
 ) -> list[ClassPattern]:
     """Search and evaluate the patterns of `targets` (any subset of classes: a rank's shard).
 
@@ -71,6 +81,7 @@ def classwise_patterns(
     a class does not depend on which other classes share the call.
     """
     ratios = validate_ratios(ratios)
+    baselines = check_baselines(baselines)
     targets = check_targets(targets, num_classes)
     check_canvas_index(canvas_pool, targets, canvas_cfg)
     if not targets:
@@ -110,21 +121,39 @@ def classwise_patterns(
             if j == 0:
                 chosen[t] = i
 
-    # 3. Held-out evaluation: pattern and random pixels at every ratio, on the eval split.
+    # 3. Held-out evaluation on the eval split: the pattern and each baseline at every ratio.
     rows = [chosen[t] for t in targets]
     canv = result.canvases[rows]  # [K, C, H, W]
     masks = result.masks[rows]  # [K, 1, H, W]
     tgt = torch.tensor(targets)
-    pattern_pix = torch.stack([top_pixels(masks, r) for r in ratios], 1)  # [K, R, 1, H, W]
-    random_pix = torch.stack([
-        torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
-        for t in targets
-    ])  # [K, R, 1, H, W]
-    r_count = len(ratios)
-    all_pix = torch.cat([pattern_pix, random_pix], 1).flatten(0, 1)  # [K * 2R, 1, H, W]
-    all_canv = canv.repeat_interleave(2 * r_count, 0)
-    all_tgt = tgt.repeat_interleave(2 * r_count)
-    asr = attack_success_rates(model, all_canv, all_pix, all_tgt, eval_x, eval_y).view(len(targets), 2, r_count)
+    k_count, r_count = len(targets), len(ratios)
+    pasted = {"pattern": torch.stack([top_pixels(masks, r) for r in ratios], 1)}  # name -> [K, R, 1, H, W]
+    if "random" in baselines:
+        pasted["random"] = torch.stack([
+            torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
+            for t in targets
+        ])
+    for method in ("gradcam", "saliency"):
+        if method in baselines:
+            attr = attribution_map(model, canv, tgt, method)
+            pasted[method] = torch.stack([top_k_of_map(attr, r) for r in ratios], 1)
+    names = list(pasted)
+    all_pix = torch.stack([pasted[n] for n in names], 1).flatten(0, 2)  # [K * N * R, 1, H, W]
+    reps = len(names) * r_count
+    asr = attack_success_rates(
+        model, canv.repeat_interleave(reps, 0), all_pix, tgt.repeat_interleave(reps), eval_x, eval_y, progress=progress,
+    ).view(k_count, len(names), r_count)
+    uap_dense = uap_topk = None
+    if "uap" in baselines:
+        deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress)
+        full = torch.ones(k_count, 1, h, w, dtype=torch.bool)
+        topk = torch.stack([top_k_of_perturbation(deltas, r) for r in ratios], 1)  # [K, R, 1, H, W]
+        both = torch.cat([full.unsqueeze(1), topk], 1).flatten(0, 1)
+        uap_asr = attack_success_rates(
+            model, deltas.repeat_interleave(1 + r_count, 0), both, tgt.repeat_interleave(1 + r_count), eval_x, eval_y,
+            additive=True, progress=progress, description="evaluating UAPs",
+        ).view(k_count, 1 + r_count)
+        uap_dense, uap_topk = uap_asr[:, 0], uap_asr[:, 1:]
     if eval_predictions is None:
         eval_predictions = predict(model, eval_x)
     base = base_rates(eval_predictions, eval_y, tgt)
@@ -137,7 +166,10 @@ def classwise_patterns(
                 "pixels": pattern_pixel_count(r, h, w),
                 "asr": float(asr[k, 0, ri]),
                 "base_rate": float(base[k]),
-                "baselines": {"random": float(asr[k, 1, ri])},
+                "baselines": {
+                    **{n: float(asr[k, j, ri]) for j, n in enumerate(names) if n != "pattern"},
+                    **({"uap_dense": float(uap_dense[k]), "uap_topk": float(uap_topk[k, ri])} if uap_dense is not None else {}),
+                },
             }
             for ri, r in enumerate(ratios)
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from classwise.patterns.search import frozen
 
@@ -25,11 +26,15 @@ def attack_success_rates(
     images: torch.Tensor,
     labels: torch.Tensor,
     max_forward: int = 256,
+    additive: bool = False,
+    progress: bool = False,
+    description: str = "evaluating patterns",
 ) -> torch.Tensor:
     """ASR [P] of P patterns: the share of images *not* of the target class predicted as the target.
 
     canvases [P, C, H, W], pixels [P, 1, H, W] bool, targets [P]; images [N, C, H, W], labels [N].
-    Each forward pass holds up to `max_forward` pasted images (several patterns at once); larger
+    With `additive`, `canvases` are perturbations added at the chosen pixels (clipped to [0, 1])
+    instead of pixels pasted. Each forward pass holds up to `max_forward` pasted images (several patterns at once); larger
     passes are slower on CPU, where activations outgrow the caches.
     """
     device = next(model.parameters()).device
@@ -40,12 +45,16 @@ def attack_success_rates(
     group = max(1, max_forward // n_img)
     canvases_d, pixels_d = canvases.to(device), pixels.to(device)
     with frozen(model), torch.no_grad():
-        for i in range(0, len(images), n_img):
+        for i in tqdm(range(0, len(images), n_img), desc=description, disable=not progress, leave=False):
             x = images[i : i + n_img].to(device)  # [n, C, H, W]
             y = labels[i : i + n_img].to(device)
             for p in range(0, p_total, group):
                 ps = slice(p, min(p + group, p_total))
-                pasted = torch.where(pixels_d[ps].unsqueeze(1), canvases_d[ps].unsqueeze(1), x.unsqueeze(0))
+                if additive:
+                    pert = torch.where(pixels_d[ps], canvases_d[ps], torch.zeros_like(canvases_d[ps]))
+                    pasted = (x.unsqueeze(0) + pert.unsqueeze(1)).clamp(0, 1)
+                else:
+                    pasted = torch.where(pixels_d[ps].unsqueeze(1), canvases_d[ps].unsqueeze(1), x.unsqueeze(0))
                 g = pasted.shape[0]
                 pred = model(pasted.flatten(0, 1)).argmax(1).view(g, -1)  # [g, n]
                 t = targets[ps].to(device).unsqueeze(1)

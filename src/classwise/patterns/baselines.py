@@ -1,0 +1,115 @@
+"""Baselines at the pattern's pixel budget: attribution-map pixels (Grad-CAM, saliency) and targeted UAPs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from classwise.errors import ConfigError
+from classwise.patterns.search import frozen, pattern_pixel_count, stream_seed
+
+BASELINES = ("random", "gradcam", "saliency", "uap")
+
+
+def check_baselines(names) -> list[str]:
+    names = list(names or [])
+    for n in names:
+        if n not in BASELINES:
+            raise ConfigError(f"search.baselines has {n!r}; accepted: {', '.join(BASELINES)}")
+    return names
+
+
+def last_conv(model: nn.Module) -> nn.Module:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConfigError("search.baselines=[gradcam] needs a model with a Conv2d layer")
+    return convs[-1]
+
+
+def attribution_map(model: nn.Module, canvases: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
+    """[K, H, W] attribution of each canvas for its target class, by Captum.
+
+    `gradcam`: Grad-CAM at the last conv layer (ReLU'd), upsampled bilinearly to the image size;
+    `saliency`: |d logit_t / d x|, max over channels.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam, Saliency
+
+    device = next(model.parameters()).device
+    x = canvases.to(device)
+    t = targets.to(device)
+    with frozen(model):
+        if method == "saliency":
+            attr = Saliency(model).attribute(x, target=t, abs=True).amax(1)  # [K, H, W]
+        elif method == "gradcam":
+            cam = LayerGradCam(model, last_conv(model)).attribute(x, target=t, relu_attributions=True)
+            attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear").amax(1)
+        else:
+            raise ConfigError(f"attribution method {method!r}; accepted: gradcam, saliency")
+    return attr.detach().cpu()
+
+
+def top_k_of_map(attr: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boolean [K, 1, H, W]: the k highest values of each map (ties: lower pixel index first)."""
+    k_count, h, w = attr.shape
+    k = pattern_pixel_count(ratio, h, w)
+    order = torch.sort(attr.reshape(k_count, -1), dim=1, descending=True, stable=True).indices[:, :k]
+    out = torch.zeros(k_count, h * w, dtype=torch.bool)
+    out.scatter_(1, order, True)
+    return out.view(k_count, 1, h, w)
+
+
+@dataclass(frozen=True)
+class UAPConfig:
+    """A targeted universal perturbation per class, L-infinity `eps`, signed-gradient steps."""
+
+    eps: float = 0.1
+    steps: int = 200
+    batch_size: int = 32
+    step_size: float | None = None  # null: eps / 10
+    seed: int = 0
+
+
+def targeted_uaps(
+    model: nn.Module,
+    targets: list[int],
+    pool_images: torch.Tensor,
+    pool_labels: torch.Tensor,
+    cfg: UAPConfig = UAPConfig(),
+    progress: bool = True,
+) -> torch.Tensor:
+    """[K, C, H, W] perturbations in [-eps, eps]: each pushes other-class pool images to its target."""
+    device = next(model.parameters()).device
+    k = len(targets)
+    _, c, h, w = pool_images.shape
+    step = cfg.step_size if cfg.step_size is not None else cfg.eps / 10
+    delta = torch.zeros(k, c, h, w, device=device)
+    tgt = torch.tensor(targets, device=device).repeat_interleave(cfg.batch_size)
+    others = [(pool_labels != t).nonzero().flatten() for t in targets]
+    gens = [torch.Generator().manual_seed(stream_seed(cfg.seed, 4_000_000 + t)) for t in targets]
+    pool = pool_images.to(device)
+    with frozen(model):
+        for _ in tqdm(range(cfg.steps), desc=f"UAP ({k} classes)", disable=not progress, leave=False):
+            idx = torch.stack([o[torch.randint(len(o), (cfg.batch_size,), generator=g)] for o, g in zip(others, gens, strict=True)])
+            x = pool[idx.to(device)]  # [K, B, C, H, W]
+            delta.requires_grad_(True)
+            adv = (x + delta.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
+            loss = F.cross_entropy(model(adv), tgt)
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = (delta - step * grad.sign()).clamp(-cfg.eps, cfg.eps)
+    return delta.detach().cpu()
+
+
+def top_k_of_perturbation(delta: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boolean [K, 1, H, W]: the k pixels where the perturbation is largest (L1 over channels)."""
+    return top_k_of_map(delta.abs().sum(1), ratio)
+
+
+def mean_or_nan(values) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,64 @@
+"""`classwise-report FOLDER [--out DIR]`: tables, plots and a static HTML gallery from every results.json under FOLDER.
+
+FOLDER is a Hydra sweep folder (multirun/...), a single run, or any folder of runs. Writes into DIR
+(default FOLDER/report):
+
+  per_class / summary / detection / accuracy  .md .tex .csv   the tables
+  asr_vs_ratio.png                                             mean ASR against the pattern ratio
+  pattern_grid_<run>.png                                       each run's patterns/grid.png (a copy)
+  gallery/index.html, gallery/img/<run>/...                    every run's patterns, filterable
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from classwise.reporting.gallery import write_gallery
+from classwise.reporting.plots import asr_vs_ratio, copy_pattern_grids
+from classwise.reporting.tables import Run, build_tables, find_runs, write_tables
+
+
+def make_report(root: str | Path, out: str | Path | None = None,
+                runs: list[Run] | None = None) -> tuple[list[Run], list[Path]]:
+    """Write the whole report; returns the runs found and the files written (the gallery's images aside)."""
+    root = Path(root)
+    out = Path(out) if out is not None else root / "report"
+    if runs is None:
+        runs = find_runs(root, exclude=[out])
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_tables(build_tables(runs), out)
+    written.append(asr_vs_ratio(runs, out / "asr_vs_ratio.png"))
+    written += copy_pattern_grids(runs, out)
+    written.append(write_gallery(runs, out, root=root))
+    return runs, written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="classwise-report",
+        description="Tables (Markdown, LaTeX, CSV), plots and a static HTML gallery from every "
+                    "results.json under a folder (a Hydra sweep folder or any folder of runs).")
+    parser.add_argument("folder", type=Path, help="folder searched recursively for results.json")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: FOLDER/report)")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"classwise-report: folder={str(args.folder)!r} is not a folder; accepted: a folder holding "
+              "results.json files", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else args.folder / "report"
+    runs = find_runs(args.folder, exclude=[out])
+    if not runs:
+        print(f"classwise-report: no results.json under {args.folder}", file=sys.stderr)
+        return 1
+    runs, written = make_report(args.folder, out, runs)
+    print(f"classwise-report: {len(runs)} runs ({sum(r.has_classes for r in runs)} with class-wise patterns) "
+          f"-> {out}")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

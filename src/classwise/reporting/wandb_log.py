@@ -1,0 +1,101 @@
+"""W&B logging: never blocking (offline fallback), a browsable `patterns` table, run summary scalars."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+WANDB_HOST = ("api.wandb.ai", 443)
+
+
+def reachable(address: tuple[str, int] = WANDB_HOST, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str | None) -> str:
+    """`online` only when W&B answers within seconds; otherwise `offline` with a warning (`wandb sync` later)."""
+    if requested == "online" and not reachable():
+        log.warning("W&B is unreachable: logging offline instead; upload later with `wandb sync <run folder>/wandb/offline-run-*`")
+        return "offline"
+    return requested or "offline"
+
+
+def is_wandb(logger: Any) -> bool:
+    return type(logger).__name__ == "WandbLogger"
+
+
+def _image(tensor):
+    import wandb
+
+    arr = tensor.detach().cpu().float().clamp(0, 1)
+    arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
+    return wandb.Image((arr * 255).astype("uint8"))
+
+
+def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> None:
+    """One `patterns` table row per (class, ratio) with images and numbers, plus search summary scalars."""
+    if not is_wandb(logger) or "classes" not in results:
+        return
+    import torch
+    from safetensors.torch import load_file
+
+    from classwise.patterns.search import top_pixels
+    from classwise.reporting.figures import pattern_on_gray
+
+    run = logger.experiment
+    tensors = load_file(str(Path(run_dir) / results["search"]["masks_file"]))
+    detection = results.get("detection") or {}
+    det_index = dict(zip(detection.get("classes", []), detection.get("anomaly_index", []), strict=False))
+    flagged = set(detection.get("flagged", []))
+    baseline_names = sorted({k for c in results["classes"] for b in c["by_ratio"] for k in b["baselines"]})
+    columns = ["class_index", "class_name", "pattern_ratio", "pixels", "canvas", "mask", "pattern", "asr", "base_rate",
+               *[f"baseline_{n}" for n in baseline_names], "mask_l1", "anomaly_index", "flagged"]
+    rows = []
+    for c in results["classes"]:
+        i = c["class_index"]
+        mask, canvas = tensors[f"class_{i}"], tensors[f"canvas_{i}"]
+        for b in c["by_ratio"]:
+            pix = top_pixels(mask.unsqueeze(0), b["pattern_ratio"])[0]
+            rows.append([
+                i, c["class_name"], b["pattern_ratio"], b["pixels"], _image(canvas), _image(mask),
+                _image(pattern_on_gray(canvas, pix)), b["asr"], b["base_rate"],
+                *[b["baselines"].get(n) for n in baseline_names], c["mask_l1"], det_index.get(i), i in flagged,
+            ])
+    import wandb
+
+    run.define_metric("search/step")
+    run.define_metric("search/*", step_metric="search/step")
+    run.log({"patterns": wandb.Table(columns=columns, data=rows)})
+    summary: dict[str, Any] = {"search/step": 0}
+    for idx, r in enumerate(results["search"]["pattern_ratios"]):
+        summary[f"search/mean_asr@{r}"] = float(torch.tensor([c["by_ratio"][idx]["asr"] for c in results["classes"]]).mean())
+    if detection:
+        summary["search/predicted_target"] = -1 if detection.get("predicted_target") is None else detection["predicted_target"]
+        summary["search/max_anomaly_index"] = max(detection.get("anomaly_index") or [0])
+    run.log(summary)
+    grid = Path(run_dir) / results["search"].get("figure", "patterns/grid.png")
+    if grid.exists():
+        run.log({"search/grid": wandb.Image(str(grid))})
+
+
+def log_summary(logger: Any, metrics: dict[str, Any]) -> None:
+    if not is_wandb(logger):
+        return
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)):
+            logger.experiment.summary[key] = value
+
+
+def finish(logger: Any) -> None:
+    """End the W&B run, so the next job of a multirun starts a fresh one."""
+    if is_wandb(logger):
+        import wandb
+
+        wandb.finish()
