@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_cli(module: str, *overrides: str, root: Path, run_dir: Path | None = None, timeout: int = 600,
             check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m classwise.<module> overrides...` with outputs under `root` and W&B disabled."""
-    env = dict(os.environ, CLASSWISE_ROOT=str(root), WANDB_MODE="disabled", PYTHONWARNINGS="ignore", **(env or {}))
+    env = {**os.environ, "CLASSWISE_ROOT": str(root), "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", **(env or {})}
     args = [sys.executable, "-m", f"classwise.{module}", *overrides]
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")

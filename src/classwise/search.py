@@ -17,7 +17,7 @@ from classwise.config import cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.patterns.evaluate import predict
 from classwise.reporting.results import update_results
-from classwise.train import build_classifier, destroy_process_group, plain
+from classwise.train import build_classifier, build_logger, destroy_process_group, plain
 
 log = logging.getLogger(__name__)
 MATCH_KEYS = ("name", "image_size", "channels", "num_classes")
@@ -181,6 +181,15 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
     if poisoner is not None:
         metrics.update(poisoner.evaluate(model, dm))
     update_results(output_dir, run=run, metrics=metrics)
+    logger = build_logger(cfg, "search")
+    if logger:
+        from classwise.reporting.results import read_results
+        from classwise.reporting.wandb_log import finish, log_patterns, log_summary
+
+        logger.log_hyperparams(plain(cfg))
+        log_patterns(logger, output_dir, read_results(output_dir))
+        log_summary(logger, metrics)
+        finish(logger)
     print(f"clean_acc={clean_acc:.4f}  results: {output_dir / 'results.json'}")
     return {"run": run, **(summary or {})}
 

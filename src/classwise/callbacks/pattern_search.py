@@ -229,12 +229,6 @@ def _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, wo
     }
     update_results(run_dir, search=search, classes=classes)
     print(format_table(classes, ratios))
-    if logger is not None and hasattr(logger, "log_metrics"):
-        summary = {f"search/mean_asr@{r}": sum(c["by_ratio"][i]["asr"] for c in classes) / max(1, len(classes))
-                   for i, r in enumerate(ratios)}
-        logger.log_metrics(summary)
-        if hasattr(logger, "log_image") and rows:
-            logger.log_image(key="patterns/grid", images=[str(out / "grid.png")])
     return {"search": search, "classes": classes}
 
 

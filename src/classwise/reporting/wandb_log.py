@@ -31,12 +31,12 @@ def is_wandb(logger: Any) -> bool:
     return type(logger).__name__ == "WandbLogger"
 
 
-def _image(tensor):
+def _image(tensor, caption: str | None = None):
     import wandb
 
     arr = tensor.detach().cpu().float().clamp(0, 1)
     arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
-    return wandb.Image((arr * 255).astype("uint8"))
+    return wandb.Image((arr * 255).astype("uint8"), caption=caption)
 
 
 def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> None:
@@ -57,10 +57,15 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
     baseline_names = sorted({k for c in results["classes"] for b in c["by_ratio"] for k in b["baselines"]})
     columns = ["class_index", "class_name", "pattern_ratio", "pixels", "canvas", "mask", "pattern", "asr", "base_rate",
                *[f"baseline_{n}" for n in baseline_names], "mask_l1", "anomaly_index", "flagged"]
-    rows = []
+    rows, gallery = [], {"canvas": [], "mask": [], "pattern": []}
     for c in results["classes"]:
         i = c["class_index"]
         mask, canvas = tensors[f"class_{i}"], tensors[f"canvas_{i}"]
+        first = c["by_ratio"][0]
+        caption = f"{c['class_name']}: ASR {first['asr']:.2f} at {first['pattern_ratio']:.0%}"
+        pix0 = top_pixels(mask.unsqueeze(0), first["pattern_ratio"])[0]
+        for key, img in (("canvas", canvas), ("mask", mask), ("pattern", pattern_on_gray(canvas, pix0))):
+            gallery[key].append(_image(img, caption))
         for b in c["by_ratio"]:
             pix = top_pixels(mask.unsqueeze(0), b["pattern_ratio"])[0]
             rows.append([
@@ -73,6 +78,9 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
     run.define_metric("search/step")
     run.define_metric("search/*", step_metric="search/step")
     run.log({"patterns": wandb.Table(columns=columns, data=rows)})
+    # The same images as media panels too: W&B writes a table's images only when online
+    # (wandb/wandb#4611), so an offline run would otherwise keep no picture of its patterns.
+    run.log({f"patterns/{key}": images for key, images in gallery.items()})
     summary: dict[str, Any] = {"search/step": 0}
     for idx, r in enumerate(results["search"]["pattern_ratios"]):
         summary[f"search/mean_asr@{r}"] = float(torch.tensor([c["by_ratio"][idx]["asr"] for c in results["classes"]]).mean())
