@@ -8,8 +8,7 @@ import struct
 import pytest
 import torch
 
-from classwise.data import ClasswiseDataModule, load_source
-from classwise.data import sources
+from classwise.data import ClasswiseDataModule, load_source, sources
 from classwise.errors import ConfigError
 
 

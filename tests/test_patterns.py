@@ -7,7 +7,15 @@ import torch
 
 from classwise.data.synthetic import make_synthetic
 from classwise.errors import ConfigError
-from classwise.patterns import CanvasConfig, CanvasPool, SearchConfig, classwise_patterns, paste, search_patterns, top_pixels
+from classwise.patterns import (
+    CanvasConfig,
+    CanvasPool,
+    SearchConfig,
+    classwise_patterns,
+    paste,
+    search_patterns,
+    top_pixels,
+)
 from classwise.patterns.search import pattern_pixel_count
 from tests.conftest import PlantedPatchModel, stamp
 

@@ -171,7 +171,7 @@ def _detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path
 def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from classwise.reporting.figures import _show, pattern_on_gray
+    from classwise.reporting.figures import _show, pattern_on_gray, save_figure
 
     ratio = min(ratios)
     fig, axes = plt.subplots(1, 4, figsize=(7.2, 2.2))
@@ -179,9 +179,7 @@ def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path:
     _show(axes[1], record["canvas"], f"{name}: canvas")
     _show(axes[2], record["mask"], "mask", cmap="magma")
     _show(axes[3], pattern_on_gray(record["canvas"], _pixels(record, ratio)), f"pattern at {ratio:.0%}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, pool_size, eval_set,

@@ -3,7 +3,13 @@
 from classwise.patterns.canvas import CanvasConfig, CanvasPool
 from classwise.patterns.classwise import ClassPattern, classwise_patterns
 from classwise.patterns.evaluate import attack_success_rates, predict
-from classwise.patterns.search import PatternResult, SearchConfig, paste, search_patterns, top_pixels
+from classwise.patterns.search import (
+    PatternResult,
+    SearchConfig,
+    paste,
+    search_patterns,
+    top_pixels,
+)
 
 __all__ = [
     "CanvasConfig", "CanvasPool", "ClassPattern", "PatternResult", "SearchConfig",

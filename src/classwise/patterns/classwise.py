@@ -17,7 +17,12 @@ from classwise.patterns.baselines import (
     top_k_of_map,
     top_k_of_perturbation,
 )
-from classwise.patterns.canvas import CanvasConfig, CanvasPool, check_canvas_index, choose_candidates
+from classwise.patterns.canvas import (
+    CanvasConfig,
+    CanvasPool,
+    check_canvas_index,
+    choose_candidates,
+)
 from classwise.patterns.evaluate import attack_success_rates, base_rates, predict, random_pixels
 from classwise.patterns.search import (
     SearchConfig,
@@ -67,8 +72,8 @@ def classwise_patterns(
     search_set: tuple[torch.Tensor, torch.Tensor],
     eval_set: tuple[torch.Tensor, torch.Tensor],
     ratios: Sequence[float] = (0.05,),
-    search_cfg: SearchConfig = SearchConfig(),
-    canvas_cfg: CanvasConfig = CanvasConfig(),
+    search_cfg: SearchConfig | None = None,
+    canvas_cfg: CanvasConfig | None = None,
     progress: bool = True,
     eval_predictions: torch.Tensor | None = None,
     baselines: Sequence[str] = ("random",),
@@ -80,6 +85,8 @@ def classwise_patterns(
     datamodule guarantees. Everything random is keyed by (search_cfg.seed, class), so the result for
     a class does not depend on which other classes share the call.
     """
+    search_cfg = search_cfg or SearchConfig()
+    canvas_cfg = canvas_cfg or CanvasConfig()
     ratios = validate_ratios(ratios)
     baselines = check_baselines(baselines)
     targets = check_targets(targets, num_classes)

@@ -27,6 +27,16 @@ def _show(ax, image: torch.Tensor, title: str = "", cmap: str | None = None) -> 
         ax.set_title(title, fontsize=8)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and close."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def pattern_on_gray(canvas: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     """The pattern's pixels on a mid-gray background, so what the pattern keeps is visible."""
     return torch.where(pixels, canvas, torch.full_like(canvas, 0.5))
@@ -49,12 +59,7 @@ def pattern_rows(
         _show(ax_row[3], row["example"], f"pasted: predicted {row['example_pred']}")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def load_run_patterns(run_dir: str | Path, ratio: float | None = None) -> tuple[dict, list[dict]]:
@@ -93,12 +98,7 @@ def compare_runs(run_dirs: Sequence[str | Path], labels: Sequence[str], path: st
             _show(ax_row[3 * j + 1], r["mask"], f"mask (L1 {float(r['mask'].sum()):.0f})", cmap="magma")
             _show(ax_row[3 * j + 2], pattern_on_gray(r["canvas"], r["pixels"]), f"ASR {r['asr']:.2f}")
     fig.suptitle(f"patterns at {ratio:.0%} of the pixels: " + " vs ".join(labels), fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
