@@ -110,3 +110,8 @@ def test_transfer_from_a_run_to_itself_reproduces_its_asr(trained, cli, tmp_path
             assert a["asr"] == pytest.approx(b["asr"], abs=1e-6) and a["source_asr"] == b["asr"]
     proc = cli("search", *FAST, f"checkpoint={trained}", "patterns_from=/no/run", check=False)
     assert proc.returncode == 2 and "patterns_from" in proc.stderr
+
+
+def test_resume_from_another_model_is_refused(trained, cli):
+    proc = cli("train", *FAST, "model=resnet18", f"resume={trained}", check=False)
+    assert proc.returncode == 2 and "model.name=small_cnn" in proc.stderr and "Traceback" not in proc.stderr

@@ -95,6 +95,17 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
+def check_resume_matches(path: str, meta: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint of another model or dataset (one line, before training)."""
+    stored = torch.load(path, map_location="cpu", weights_only=True).get("classwise") or {}
+    for group, keys in (("model", ("name",)), ("dataset", ("name", "channels", "num_classes", "image_size"))):
+        for key in keys:
+            have, want = (stored.get(group) or {}).get(key), meta[group].get(key)
+            if have is not None and have != want:
+                raise ConfigError(f"resume={path} is a checkpoint of {group}.{key}={have}, not {want}; "
+                                  f"accepted: a checkpoint of the same {group}")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (through the PatternSearch callback) search; returns the results.json content."""
     validate(cfg)
@@ -117,6 +128,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_classifier(model_cfg, dataset_cfg)
     ckpt = resume_checkpoint(cfg, output_dir)
     meta = {"model": model_cfg, "dataset": dataset_cfg, "setting": plain(setting), "seed": int(cfg.seed)}
+    if ckpt is not None:
+        check_resume_matches(ckpt, meta)
     module = ClassifierModule(
         model,
         optimizer=instantiate(cfg.module.optimizer),
