@@ -16,7 +16,7 @@ transfer() {
   local name=$1 model=$2 patterns=$3
   if [ -f "$OUT/$name/results.json" ] && grep -q '"transfer"' "$OUT/$name/results.json"; then echo "skip $name"; return; fi
   echo "== $name: classwise-search checkpoint=$OUT/$model patterns_from=$OUT/$patterns"
-  .venv/bin/classwise-search checkpoint="$OUT/$model" patterns_from="$OUT/$patterns" search.eval_max_per_class=200 \
+  .venv/bin/classwise-search checkpoint="$OUT/$model" patterns_from="$OUT/$patterns" search.eval_max_per_class=100 \
     hydra.run.dir="$OUT/$name"
 }
 # Natural and adversarial: every baseline, the whole eval split, PGD-20 robust accuracy for both.
@@ -28,8 +28,8 @@ for trigger in badnets blend trojan sig; do
     'search.pattern_ratios=[0.01,0.05]' search.eval_max_per_class=500 'search.baselines=[random]'
 done
 # A second architecture for the transfer table (short schedule: ResNet-18 is slow on CPU).
-train resnet18 model=resnet18 data.train_subset=6000 trainer.max_epochs=1 search=fast \
-  search.eval_max_per_class=200 'search.baselines=[random]'
+train resnet18 model=resnet18 data.train_subset=3000 trainer.max_epochs=1 search=fast search.steps=100 \
+  search.eval_max_per_class=100 'search.baselines=[random]'
 transfer transfer_small_cnn_to_resnet18 resnet18 natural
 transfer transfer_resnet18_to_small_cnn natural resnet18
 .venv/bin/classwise-report "$OUT"
