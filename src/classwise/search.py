@@ -183,13 +183,10 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
     update_results(output_dir, run=run, metrics=metrics)
     logger = build_logger(cfg, "search")
     if logger:
-        from classwise.reporting.results import read_results
-        from classwise.reporting.wandb_log import finish, log_patterns, log_summary
+        from classwise.reporting.wandb_log import log_run
 
         logger.log_hyperparams(plain(cfg))
-        log_patterns(logger, output_dir, read_results(output_dir))
-        log_summary(logger, metrics)
-        finish(logger)
+        log_run(logger, output_dir, metrics)
     print(f"clean_acc={clean_acc:.4f}  results: {output_dir / 'results.json'}")
     return {"run": run, **(summary or {})}
 

@@ -172,14 +172,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     path = update_results(output_dir, run=run, metrics=metrics)
     if logger:
-        from classwise.reporting.results import read_results
-        from classwise.reporting.wandb_log import finish, log_patterns, log_summary
+        from classwise.reporting.wandb_log import log_run
 
-        results = read_results(output_dir)
-        log_patterns(logger, output_dir, results)
-        log_summary(logger, {**metrics, **{f"detection/{k}": v for k, v in (results.get("detection") or {}).items()
-                                           if k in ("predicted_target",)}})
-        finish(logger)
+        log_run(logger, output_dir, metrics)
     log.info("results: %s", path)
     print(f"clean_acc={metrics['clean_acc']:.4f}  results: {path}")
     return {"run": run, "metrics": metrics}

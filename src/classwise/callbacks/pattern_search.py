@@ -19,7 +19,7 @@ from classwise.data.datamodule import ClasswiseDataModule
 from classwise.patterns.canvas import CanvasConfig, CanvasPool
 from classwise.patterns.classwise import ClassPattern, check_targets, classwise_patterns
 from classwise.patterns.evaluate import predict
-from classwise.patterns.search import SearchConfig, paste, validate_ratios
+from classwise.patterns.search import SearchConfig, mask_pixels, paste, validate_ratios
 from classwise.reporting.figures import pattern_rows
 from classwise.reporting.results import update_results
 
@@ -153,7 +153,7 @@ def _detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path
         region = trigger.region
         overlap = {}
         for r in ratios:
-            pix = _pixels(rec, r)
+            pix = mask_pixels(rec["mask"], r)
             overlap[str(r)] = float((pix & region).sum() / pix.sum())
         block["true_target"] = target_class
         block["target_pixels_on_trigger"] = overlap
@@ -178,7 +178,7 @@ def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path:
     _show(axes[0], trigger.example(), f"true trigger ({trigger.name})")
     _show(axes[1], record["canvas"], f"{name}: canvas")
     _show(axes[2], record["mask"], "mask", cmap="magma")
-    _show(axes[3], pattern_on_gray(record["canvas"], _pixels(record, ratio)), f"pattern at {ratio:.0%}")
+    _show(axes[3], pattern_on_gray(record["canvas"], mask_pixels(record["mask"], ratio)), f"pattern at {ratio:.0%}")
     save_figure(fig, path)
 
 
@@ -193,18 +193,18 @@ def _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, wo
     show_ratio = 0.05 if 0.05 in ratios else ratios[0]
     eval_x, eval_y = eval_set
     # One pasted example per class: the first eval image of another class.
-    examples, preds = [], []
+    examples, pixels, preds = [], [], []
     for r in records:
         t = r["class_index"]
         other_img = eval_x[(eval_y != t).nonzero().flatten()[0]]
-        pix = _pixels(r, show_ratio)
-        examples.append(paste(other_img.unsqueeze(0), r["canvas"], pix)[0])
+        pixels.append(mask_pixels(r["mask"], show_ratio))
+        examples.append(paste(other_img.unsqueeze(0), r["canvas"], pixels[-1])[0])
     if examples:
         preds = predict(model, torch.stack(examples)).tolist()
     rows = []
-    for r, ex, pred in zip(records, examples, preds, strict=True):
+    for r, pix, ex, pred in zip(records, pixels, examples, preds, strict=True):
         asr = next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == show_ratio)
-        row = {"name": names[r["class_index"]], "canvas": r["canvas"], "mask": r["mask"], "pixels": _pixels(r, show_ratio),
+        row = {"name": names[r["class_index"]], "canvas": r["canvas"], "mask": r["mask"], "pixels": pix,
                "example": ex, "asr": asr, "example_pred": names[pred]}
         rows.append(row)
         pattern_rows([row], out / f"class_{r['class_index']:03d}.png")
@@ -228,12 +228,6 @@ def _save(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, wo
     update_results(run_dir, search=search, classes=classes)
     print(format_table(classes, ratios))
     return {"search": search, "classes": classes}
-
-
-def _pixels(record: dict, ratio: float) -> torch.Tensor:
-    from classwise.patterns.search import top_pixels
-
-    return top_pixels(record["mask"].unsqueeze(0), ratio)[0]
 
 
 def _baseline_order(name: str) -> int:

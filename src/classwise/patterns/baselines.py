@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from classwise.errors import ConfigError
-from classwise.patterns.search import frozen, pattern_pixel_count, stream_seed
+from classwise.patterns.search import OtherClassBatches, frozen, pattern_pixel_count
 
 BASELINES = ("random", "gradcam", "saliency", "uap")
 
@@ -89,13 +89,11 @@ def targeted_uaps(
     step = cfg.step_size if cfg.step_size is not None else cfg.eps / 10
     delta = torch.zeros(k, c, h, w, device=device)
     tgt = torch.tensor(targets, device=device).repeat_interleave(cfg.batch_size)
-    others = [(pool_labels != t).nonzero().flatten() for t in targets]
-    gens = [torch.Generator().manual_seed(stream_seed(cfg.seed, 4_000_000 + t)) for t in targets]
+    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 4_000_000)
     pool = pool_images.to(device)
     with frozen(model):
         for _ in tqdm(range(cfg.steps), desc=f"UAP ({k} classes)", disable=not progress, leave=False):
-            idx = torch.stack([o[torch.randint(len(o), (cfg.batch_size,), generator=g)] for o, g in zip(others, gens, strict=True)])
-            x = pool[idx.to(device)]  # [K, B, C, H, W]
+            x = pool[batches.next().to(device)]  # [K, B, C, H, W]
             delta.requires_grad_(True)
             adv = (x + delta.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
             loss = F.cross_entropy(model(adv), tgt)

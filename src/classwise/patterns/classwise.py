@@ -26,6 +26,7 @@ from classwise.patterns.canvas import (
 from classwise.patterns.evaluate import attack_success_rates, base_rates, predict, random_pixels
 from classwise.patterns.search import (
     SearchConfig,
+    mask_pixels,
     pattern_pixel_count,
     search_patterns,
     stream_seed,
@@ -53,7 +54,7 @@ class ClassPattern:
         return float(self.mask.sum())
 
     def pixels(self, ratio: float) -> torch.Tensor:
-        return top_pixels(self.mask.unsqueeze(0), ratio)[0]
+        return mask_pixels(self.mask, ratio)
 
 
 def check_targets(targets: Sequence[int], num_classes: int) -> list[int]:

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from classwise.patterns.detection import detect
-from classwise.patterns.search import frozen, stream_seed
+from classwise.patterns.search import OtherClassBatches, frozen
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,14 @@ def neural_cleanse(
     up = torch.zeros(k, dtype=torch.long)
     down = torch.zeros(k, dtype=torch.long)
     best_l1 = torch.full((k,), math.inf)
-    others = [(pool_labels != t).nonzero().flatten() for t in targets]
-    gens = [torch.Generator().manual_seed(stream_seed(cfg.seed, 3_000_000 + t)) for t in targets]
+    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 3_000_000)
     pool = pool_images.to(device)
     hits = torch.zeros(k, device=device)
     seen = 0
     start = time.perf_counter()
     with frozen(model):
         for step in tqdm(range(cfg.steps), desc=f"neural cleanse ({k} classes)", disable=not progress, leave=False):
-            idx = torch.stack([o[torch.randint(len(o), (cfg.batch_size,), generator=g)] for o, g in zip(others, gens, strict=True)])
-            x = pool[idx.to(device)]  # [K, B, C, H, W]
+            x = pool[batches.next().to(device)]  # [K, B, C, H, W]
             m = (torch.tanh(a) + 1) / 2
             p = (torch.tanh(b) + 1) / 2
             xs = ((1 - m.unsqueeze(1)) * x + (m * p).unsqueeze(1)).flatten(0, 1)

@@ -113,6 +113,28 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+class OtherClassBatches:
+    """Random pool indices [K, B] per step: for each target, images of the other classes only.
+
+    Each target draws from its own generator seeded by (seed, key_offset + target), so a class's
+    batches never depend on its batch-mates.
+    """
+
+    def __init__(self, pool_labels: torch.Tensor, targets: Sequence[int], batch_size: int, seed: int, key_offset: int):
+        self.others = [(pool_labels != t).nonzero().flatten() for t in targets]
+        self.generators = [torch.Generator().manual_seed(stream_seed(seed, key_offset + t)) for t in targets]
+        self.batch_size = batch_size
+
+    def next(self) -> torch.Tensor:
+        return torch.stack([o[torch.randint(len(o), (self.batch_size,), generator=g)]
+                            for o, g in zip(self.others, self.generators, strict=True)])
+
+
+def mask_pixels(mask: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boolean [1, H, W]: the pattern's pixels of one continuous mask [1, H, W] at `ratio`."""
+    return top_pixels(mask.unsqueeze(0), ratio)[0]
+
+
 def steps_for_pool(pool_labels: torch.Tensor, cfg: SearchConfig) -> int:
     """Number of steps: `epochs` passes over the largest other-class pool (a function of the pool alone)."""
     if cfg.steps is not None:

@@ -68,7 +68,7 @@ def load_run_patterns(run_dir: str | Path, ratio: float | None = None) -> tuple[
 
     from safetensors.torch import load_file
 
-    from classwise.patterns.search import top_pixels
+    from classwise.patterns.search import mask_pixels
 
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
@@ -80,7 +80,7 @@ def load_run_patterns(run_dir: str | Path, ratio: float | None = None) -> tuple[
         mask, canvas = tensors[f"class_{i}"], tensors[f"canvas_{i}"]
         entry = min(c["by_ratio"], key=lambda b: abs(b["pattern_ratio"] - ratio))
         rows.append({"class_index": i, "name": c["class_name"], "canvas": canvas, "mask": mask,
-                     "pixels": top_pixels(mask.unsqueeze(0), entry["pattern_ratio"])[0], "asr": entry["asr"]})
+                     "pixels": mask_pixels(mask, entry["pattern_ratio"]), "asr": entry["asr"]})
     return results, rows
 
 

@@ -46,7 +46,7 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
     import torch
     from safetensors.torch import load_file
 
-    from classwise.patterns.search import top_pixels
+    from classwise.patterns.search import mask_pixels
     from classwise.reporting.figures import pattern_on_gray
 
     run = logger.experiment
@@ -63,11 +63,11 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
         mask, canvas = tensors[f"class_{i}"], tensors[f"canvas_{i}"]
         first = c["by_ratio"][0]
         caption = f"{c['class_name']}: ASR {first['asr']:.2f} at {first['pattern_ratio']:.0%}"
-        pix0 = top_pixels(mask.unsqueeze(0), first["pattern_ratio"])[0]
+        pix0 = mask_pixels(mask, first["pattern_ratio"])
         for key, img in (("canvas", canvas), ("mask", mask), ("pattern", pattern_on_gray(canvas, pix0))):
             gallery[key].append(_image(img, caption))
         for b in c["by_ratio"]:
-            pix = top_pixels(mask.unsqueeze(0), b["pattern_ratio"])[0]
+            pix = mask_pixels(mask, b["pattern_ratio"])
             rows.append([
                 i, c["class_name"], b["pattern_ratio"], b["pixels"], _image(canvas), _image(mask),
                 _image(pattern_on_gray(canvas, pix)), b["asr"], b["base_rate"],
@@ -99,6 +99,19 @@ def log_summary(logger: Any, metrics: dict[str, Any]) -> None:
     for key, value in metrics.items():
         if isinstance(value, (int, float)):
             logger.experiment.summary[key] = value
+
+
+def log_run(logger: Any, run_dir: str | Path, metrics: dict[str, Any]) -> None:
+    """End of a train or search run: the patterns table, summary scalars, then finish the W&B run."""
+    if not is_wandb(logger):
+        return
+    from classwise.reporting.results import read_results
+
+    results = read_results(run_dir)
+    log_patterns(logger, run_dir, results)
+    predicted = (results.get("detection") or {}).get("predicted_target")
+    log_summary(logger, {**metrics, **({"detection/predicted_target": predicted} if predicted is not None else {})})
+    finish(logger)
 
 
 def finish(logger: Any) -> None:
