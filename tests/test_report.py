@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from classwise.report import main, make_report  # noqa: E402
-from classwise.reporting.tables import FORMATS, TABLE_NAMES, tex_escape  # noqa: E402
+from classwise.reporting.formats import FORMATS, tex_escape  # noqa: E402
+from classwise.reporting.tables import TABLE_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,9 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from classwise.reporting.formats import write_tables
 from classwise.reporting.gallery import write_gallery
 from classwise.reporting.plots import asr_vs_ratio, copy_pattern_grids
-from classwise.reporting.tables import Run, build_tables, find_runs, write_tables
+from classwise.reporting.runs import Run, find_runs
+from classwise.reporting.tables import build_tables
 
 
 def make_report(root: str | Path, out: str | Path | None = None,

@@ -12,12 +12,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from classwise.callbacks.pattern_search import run_pattern_search
+from classwise.builders import (
+    build_classifier,
+    build_datamodule,
+    build_logger,
+    check_launch,
+    destroy_process_group,
+    make_fabric,
+    plain,
+)
+from classwise.callbacks.distributed import gather_to_rank0
 from classwise.config import cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.patterns.evaluate import predict
+from classwise.pipeline.search_step import run_pattern_search
 from classwise.reporting.results import update_results
-from classwise.train import build_classifier, build_logger, destroy_process_group, plain
 
 log = logging.getLogger(__name__)
 MATCH_KEYS = ("name", "image_size", "channels", "num_classes")
@@ -77,32 +86,6 @@ def configs_for(cfg: DictConfig, ckpt: dict[str, Any] | None) -> tuple[dict, dic
     return model_cfg, dataset_cfg, setting
 
 
-def check_launch(trainer_cfg: dict[str, Any]) -> None:
-    """`ddp` relaunches the script with its argv, which inside --multirun would rerun the whole sweep."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    try:
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        multirun = False
-    if multirun and str(trainer_cfg.get("strategy", "auto")).startswith("ddp") and trainer_cfg.get("strategy") != "ddp_spawn":
-        raise ConfigError(
-            f"trainer.strategy={trainer_cfg.get('strategy')} cannot run inside --multirun (its workers relaunch the "
-            "whole sweep); accepted: trainer.strategy=ddp_spawn"
-        )
-
-
-def make_fabric(trainer_cfg: dict[str, Any]):
-    """A Lightning Fabric with the trainer config's accelerator, devices, strategy and nodes."""
-    from lightning.fabric import Fabric
-
-    return Fabric(
-        accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
-        strategy=trainer_cfg.get("strategy", "auto"), num_nodes=trainer_cfg.get("num_nodes", 1),
-    )
-
-
 def search(cfg: DictConfig) -> dict[str, Any] | None:
     """Validate, then run the search on every process of the configured strategy (rank 0 writes)."""
     validate(cfg)
@@ -140,7 +123,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         from hydra.utils import instantiate
 
         poisoner = instantiate(setting["poisoner"])
-    dm = build_datamodule_from(cfg, dataset_cfg, plain(cfg.data), data_seed, poisoner)
+    dm = build_datamodule(dataset_cfg, plain(cfg.data), data_seed, poisoner)
     if rank == 0:
         dm.prepare_data()
     fabric.barrier()
@@ -148,12 +131,10 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
     model.to(fabric.device)
     trigger = getattr(poisoner, "trigger", None)
     target = getattr(poisoner, "target_class", None)
-    from classwise.callbacks.distributed import gather_to_rank0
-
     if cfg.get("patterns_from"):
         if rank != 0:
             return None
-        from classwise.callbacks.pattern_search import run_transfer
+        from classwise.pipeline.transfer import run_transfer
 
         summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, cfg.search.get("eval_max_per_class"))}
     else:
@@ -189,12 +170,6 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         log_run(logger, output_dir, metrics)
     print(f"clean_acc={clean_acc:.4f}  results: {output_dir / 'results.json'}")
     return {"run": run, **(summary or {})}
-
-
-def build_datamodule_from(cfg: DictConfig, dataset_cfg: dict, data_cfg: dict, seed: int, poisoner: Any = None):
-    from classwise.data import ClasswiseDataModule
-
-    return ClasswiseDataModule(dataset=dataset_cfg, seed=seed, poisoner=poisoner, **data_cfg)
 
 
 @hydra.main(config_path=conf_dir(), config_name="search", version_base="1.3")

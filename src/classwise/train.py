@@ -11,67 +11,22 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from classwise.builders import (
+    build_classifier,
+    build_datamodule,
+    build_logger,
+    check_launch,
+    destroy_process_group,
+    plain,
+)
 from classwise.config import cli_errors, conf_dir, validate
-from classwise.data import ClasswiseDataModule
 from classwise.errors import ConfigError
 from classwise.lit import ClassifierModule
-from classwise.models import build_model
 from classwise.reporting.results import update_results
 
 log = logging.getLogger(__name__)
-
-
-def destroy_process_group() -> None:
-    """Registered at exit: without it about a third of gloo runs abort while exiting."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def plain(cfg: DictConfig | None) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
-
-
-def build_datamodule(cfg: DictConfig, poisoner: Any = None) -> ClasswiseDataModule:
-    return ClasswiseDataModule(dataset=plain(cfg.dataset), seed=cfg.seed, poisoner=poisoner, **plain(cfg.data))
-
-
-def build_classifier(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> torch.nn.Module:
-    kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
-    return build_model(
-        model_cfg["name"], in_channels=dataset_cfg["channels"], num_classes=dataset_cfg["num_classes"],
-        image_size=dataset_cfg["image_size"], mean=dataset_cfg["mean"], std=dataset_cfg["std"], **kwargs,
-    )
-
-
-def sweep_group() -> str | None:
-    """One W&B group per Hydra multirun (its sweep folder's name); None for a single run."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        return None
-    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-
-
-def build_logger(cfg: DictConfig, job_type: str):
-    """The configured logger; W&B gets group, job type and tags, and goes offline when unreachable."""
-    logger_cfg = cfg.get("logger")
-    if not logger_cfg or "_target_" not in logger_cfg:
-        return False
-    if "WandbLogger" not in logger_cfg["_target_"]:
-        return instantiate(logger_cfg)
-    from classwise.reporting.wandb_log import wandb_mode
-
-    setting = cfg.get("setting") or {}
-    tags = [f"setting:{setting.get('name', 'search')}", f"dataset:{cfg.dataset.name}", f"model:{cfg.model.name}"]
-    if setting.get("poisoner"):
-        tags.append(f"trigger:{cfg.trigger._target_.rsplit('.', 1)[-1].lower()}")
-    return instantiate(logger_cfg, mode=wandb_mode(logger_cfg.get("mode")), group=sweep_group(), job_type=job_type,
-                       tags=tags)
 
 
 def already_done(output_dir: Path) -> dict[str, Any] | None:
@@ -109,8 +64,6 @@ def check_resume_matches(path: str, meta: dict[str, Any]) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (through the PatternSearch callback) search; returns the results.json content."""
     validate(cfg)
-    from classwise.search import check_launch
-
     check_launch(plain(cfg.trainer))
     output_dir = Path(cfg.paths.output_dir)
     done = already_done(output_dir)
@@ -123,7 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     setting = cfg.setting
     poisoner = instantiate(setting.poisoner) if setting.get("poisoner") else None
     adversary = instantiate(setting.adversary) if setting.get("adversary") else None
-    dm = build_datamodule(cfg, poisoner)
+    dm = build_datamodule(plain(cfg.dataset), plain(cfg.data), cfg.seed, poisoner)
     dataset_cfg, model_cfg = plain(cfg.dataset), plain(cfg.model)
     model = build_classifier(model_cfg, dataset_cfg)
     ckpt = resume_checkpoint(cfg, output_dir)

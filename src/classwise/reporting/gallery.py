@@ -14,8 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from classwise.reporting.formats import cell_pretty
 from classwise.reporting.plots import grid_source
-from classwise.reporting.tables import Run, baselines_of, by_ratio, cell_pretty, natural_key
+from classwise.reporting.runs import Run, baselines_of, by_ratio, natural_key
 
 FILTERS = ("dataset", "model", "setting")
 CLASS_PNG = re.compile(r"class_\d+\.png")

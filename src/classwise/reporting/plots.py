@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from classwise.reporting.tables import Run, all_ratios, natural_key, run_means  # noqa: E402
+from classwise.reporting.runs import Run, all_ratios, natural_key, run_means  # noqa: E402
 
 SETTING_MARKERS = {"natural": "o", "adversarial": "s", "backdoor": "^"}
 OTHER_MARKERS = ("D", "v", "P", "X", "*", "h")

@@ -1,0 +1,94 @@
+"""What both entry points build from a composed config: data, classifier, logger, launch checks, Fabric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from classwise.errors import ConfigError
+
+
+def destroy_process_group() -> None:
+    """Registered at exit: without it about a third of gloo runs abort while exiting."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def plain(cfg: DictConfig | None) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+
+
+def build_datamodule(dataset_cfg: dict[str, Any], data_cfg: dict[str, Any], seed: int, poisoner: Any = None):
+    """The datamodule over `dataset_cfg` with the `data.*` settings; `seed` fixes its splits."""
+    from classwise.data import ClasswiseDataModule
+
+    return ClasswiseDataModule(dataset=dataset_cfg, seed=seed, poisoner=poisoner, **data_cfg)
+
+
+def build_classifier(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> torch.nn.Module:
+    from classwise.models import build_model
+
+    kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+    return build_model(
+        model_cfg["name"], in_channels=dataset_cfg["channels"], num_classes=dataset_cfg["num_classes"],
+        image_size=dataset_cfg["image_size"], mean=dataset_cfg["mean"], std=dataset_cfg["std"], **kwargs,
+    )
+
+
+def sweep_group() -> str | None:
+    """One W&B group per Hydra multirun (its sweep folder's name); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def build_logger(cfg: DictConfig, job_type: str):
+    """The configured logger; W&B gets group, job type and tags, and goes offline when unreachable."""
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg or "_target_" not in logger_cfg:
+        return False
+    if "WandbLogger" not in logger_cfg["_target_"]:
+        return instantiate(logger_cfg)
+    from classwise.reporting.wandb_log import wandb_mode
+
+    setting = cfg.get("setting") or {}
+    tags = [f"setting:{setting.get('name', 'search')}", f"dataset:{cfg.dataset.name}", f"model:{cfg.model.name}"]
+    if setting.get("poisoner"):
+        tags.append(f"trigger:{cfg.trigger._target_.rsplit('.', 1)[-1].lower()}")
+    return instantiate(logger_cfg, mode=wandb_mode(logger_cfg.get("mode")), group=sweep_group(), job_type=job_type,
+                       tags=tags)
+
+
+def check_launch(trainer_cfg: dict[str, Any]) -> None:
+    """`ddp` relaunches the script with its argv, which inside --multirun would rerun the whole sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        multirun = False
+    if multirun and str(trainer_cfg.get("strategy", "auto")).startswith("ddp") and trainer_cfg.get("strategy") != "ddp_spawn":
+        raise ConfigError(
+            f"trainer.strategy={trainer_cfg.get('strategy')} cannot run inside --multirun (its workers relaunch the "
+            "whole sweep); accepted: trainer.strategy=ddp_spawn"
+        )
+
+
+def make_fabric(trainer_cfg: dict[str, Any]):
+    """A Lightning Fabric with the trainer config's accelerator, devices, strategy and nodes."""
+    from lightning.fabric import Fabric
+
+    return Fabric(
+        accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
+        strategy=trainer_cfg.get("strategy", "auto"), num_nodes=trainer_cfg.get("num_nodes", 1),
+    )

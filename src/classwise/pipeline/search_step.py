@@ -1,0 +1,94 @@
+"""Search this rank's classes, gather on rank 0, then save, detect and report (the step both entry points run)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from classwise.data.datamodule import ClasswiseDataModule
+from classwise.patterns.canvas import CanvasPool
+from classwise.patterns.classwise import ClassPattern, check_targets, classwise_patterns
+from classwise.pipeline.detection_step import run_detection
+from classwise.pipeline.outputs import save_outputs
+from classwise.pipeline.settings import parse_settings
+
+
+def canvas_pool(dm: ClasswiseDataModule, source: str) -> CanvasPool:
+    dm.setup()
+    if source == "train":
+        idx = dm.splits["train"]
+        return CanvasPool("train", idx, dm.train_set.targets[idx], lambda i: dm.train_set.batch(i)[0])
+    idx = dm.splits["search"]
+    return CanvasPool("search", idx, dm.source.test.targets[idx], lambda i: dm.source.test.batch(i)[0])
+
+
+def cap_per_class(images: torch.Tensor, labels: torch.Tensor, cap: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most `cap` images of each class (the first ones, in split order)."""
+    if not cap:
+        return images, labels
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique().tolist():
+        keep[(labels == c).nonzero().flatten()[:cap]] = True
+    return images[keep], labels[keep]
+
+
+def _to_record(p: ClassPattern) -> dict[str, Any]:
+    return {"class_index": p.class_index, "canvas_split": p.canvas_split, "canvas_index": p.canvas_index,
+            "canvas": p.canvas, "mask": p.mask, "by_ratio": p.by_ratio, "candidates": p.candidates}
+
+
+def run_pattern_search(
+    model: nn.Module,
+    dm: ClasswiseDataModule,
+    settings: dict[str, Any] | DictConfig,
+    run_dir: str | Path,
+    rank: int = 0,
+    world_size: int = 1,
+    gather: Callable[[Any], list[Any]] | None = None,
+    logger: Any = None,
+    progress: bool = True,
+    detector: dict[str, Any] | None = None,
+    trigger: Any = None,
+    target_class: int | None = None,
+) -> dict[str, Any] | None:
+    """Search this rank's share of the classes; rank 0 gathers, writes outputs and returns the summary.
+
+    `gather(obj)` returns every rank's obj on rank 0 (a collective: every rank calls it, also a rank
+    without classes). Outputs: patterns/masks.safetensors, patterns/class_XXX.png, patterns/grid.png
+    and the `search` and `classes` sections of results.json.
+    """
+    search_cfg, canvas_cfg, other = parse_settings(settings)
+    ratios = other["pattern_ratios"]
+    dm.setup()
+    all_targets = check_targets(other["classes"] if other["classes"] is not None else range(dm.num_classes), dm.num_classes)
+    mine = all_targets[rank::world_size]
+    pool = canvas_pool(dm, canvas_cfg.source)
+    search_set = dm.split_tensors("search")
+    eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), other["eval_max_per_class"])
+    start = time.perf_counter()
+    patterns = classwise_patterns(
+        model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
+        progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
+    )
+    seconds = time.perf_counter() - start
+    records = [_to_record(p) for p in patterns]
+    if gather is not None:
+        gathered = gather((records, seconds))
+        if rank != 0:
+            return None
+        records = [r for part, _ in gathered for r in part]
+        seconds = max(s for _, s in gathered)
+    records.sort(key=lambda r: r["class_index"])
+    summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
+                    (eval_x, eval_y), Path(run_dir), logger)
+    summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, Path(run_dir), detector or {},
+                              trigger, target_class, progress))
+    return summary
+
+

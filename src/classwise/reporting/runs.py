@@ -1,0 +1,177 @@
+"""Runs found under a folder, and the numbers a report reads from their results.json.
+
+Every field is read defensively: a run may lack `classes`, `detection`, `robust_acc`, ... and a
+baseline may appear in one run only; a missing value is None, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from classwise.reporting.results import RESULTS_FILE
+
+
+@dataclass
+class Run:
+    """One run folder: its id (the folder relative to the report root), a file-safe slug, its results."""
+
+    run_id: str
+    slug: str
+    dir: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        info = self.data.get("run")
+        return info if isinstance(info, dict) else {}
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        m = self.data.get("metrics")
+        return m if isinstance(m, dict) else {}
+
+    @property
+    def dataset(self) -> str:
+        return as_text(self.info.get("dataset"))
+
+    @property
+    def model(self) -> str:
+        return as_text(self.info.get("model"))
+
+    @property
+    def setting(self) -> str:
+        return as_text(self.info.get("setting"))
+
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        cls = self.data.get("classes")
+        return [c for c in cls if isinstance(c, dict)] if isinstance(cls, list) else []
+
+    @property
+    def has_classes(self) -> bool:
+        return bool(self.classes)
+
+    def label(self) -> str:
+        parts = [p for p in (self.setting, "/".join(p for p in (self.dataset, self.model) if p)) if p]
+        return f"{' · '.join(parts)} ({self.run_id})" if parts else self.run_id
+
+
+def as_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def natural_key(text: str) -> list:
+    """Sort `job_2` before `job_10` (Hydra sweep folders are numbered)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "run"
+    return slug
+
+
+def find_runs(root: str | Path, exclude: Sequence[str | Path] = ()) -> list[Run]:
+    """Every `results.json` under `root` (the root itself included), sorted by folder, unreadable ones skipped."""
+    root = Path(root).resolve()
+    excluded = [Path(e).resolve() for e in exclude]
+    paths = sorted(root.rglob(RESULTS_FILE), key=lambda p: natural_key(p.relative_to(root).as_posix()))
+    runs: list[Run] = []
+    used: set[str] = set()
+    for path in paths:
+        if not path.is_file() or any(path.resolve().is_relative_to(e) for e in excluded):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            print(f"classwise-report: skipping {path}: {err}", file=sys.stderr)
+            continue
+        if not isinstance(data, dict):
+            print(f"classwise-report: skipping {path}: not a JSON object", file=sys.stderr)
+            continue
+        rel = path.parent.relative_to(root).as_posix()
+        run_id = root.name if rel in ("", ".") else rel
+        slug = base = slugify(run_id)
+        n = 2
+        while slug in used:
+            slug, n = f"{base}_{n}", n + 1
+        used.add(slug)
+        runs.append(Run(run_id=run_id, slug=slug, dir=path.parent, data=data))
+    return runs
+
+
+def as_number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def ratio_key(value: Any) -> str:
+    """A pattern ratio as a column suffix: 0.01 -> '0.01' (no float noise)."""
+    num = as_number(value)
+    return as_text(value) if num is None else f"{num:g}"
+
+
+def by_ratio(cls: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A class's `by_ratio` entries keyed by ratio_key."""
+    rows = cls.get("by_ratio")
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(rows, list):
+        for r in rows:
+            if isinstance(r, dict) and "pattern_ratio" in r:
+                out[ratio_key(r["pattern_ratio"])] = r
+    return out
+
+
+def baselines_of(entry: dict[str, Any]) -> dict[str, Any]:
+    b = entry.get("baselines")
+    return b if isinstance(b, dict) else {}
+
+
+def all_ratios(runs: Iterable[Run]) -> list[str]:
+    found: dict[str, float] = {}
+    for run in runs:
+        for cls in run.classes:
+            for key in by_ratio(cls):
+                num = as_number(key)
+                found[key] = num if num is not None else math.inf
+    return sorted(found, key=lambda k: (found[k], k))
+
+
+def all_baselines(runs: Iterable[Run]) -> list[str]:
+    """Baseline names present anywhere, `random` first, then alphabetically."""
+    names: set[str] = set()
+    for run in runs:
+        for cls in run.classes:
+            for entry in by_ratio(cls).values():
+                names.update(str(k) for k in baselines_of(entry))
+    return sorted(names, key=lambda n: (n != "random", n))
+
+
+def mean(values: Iterable[Any]) -> float | None:
+    nums = [v for v in (as_number(x) for x in values) if v is not None and not math.isnan(v)]
+    return sum(nums) / len(nums) if nums else None
+
+
+def run_means(run: Run, ratios: Sequence[str], baselines: Sequence[str]) -> dict[str, float | None]:
+    """Mean over classes, per ratio: `asr@r`, `base_rate@r` and each `<baseline>@r`."""
+    out: dict[str, float | None] = {}
+    per_class = [by_ratio(c) for c in run.classes]
+    for r in ratios:
+        entries = [pc[r] for pc in per_class if r in pc]
+        out[f"asr@{r}"] = mean(e.get("asr") for e in entries)
+        for b in baselines:
+            out[f"{b}@{r}"] = mean(baselines_of(e).get(b) for e in entries)
+        out[f"base_rate@{r}"] = mean(e.get("base_rate") for e in entries)
+    return out
