@@ -61,6 +61,19 @@ def check_resume_matches(path: str, meta: dict[str, Any]) -> None:
                                   f"accepted: a checkpoint of the same {group}")
 
 
+def evaluate_extras(trainer: L.Trainer, module: L.LightningModule, extras, dm) -> dict[str, Any]:
+    """Backdoor ASR / PGD-20 after `trainer.test`, on the device the model trained on.
+
+    `trainer.test` ends with Lightning's teardown, which left the module on the CPU.
+    """
+    module.to(trainer.strategy.root_device)
+    metrics: dict[str, Any] = {}
+    for extra in extras:
+        if extra is not None:
+            metrics.update(extra.evaluate(module.model, dm))
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (through the PatternSearch callback) search; returns the results.json content."""
     validate(cfg)
@@ -112,9 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         adv = cfg.dataset.adversarial
         robust = AdversarialTraining(eps=adv.eps, step_size=adv.step_size, steps=adv.steps, seed=cfg.seed)
-    for extra in (poisoner, robust):
-        if extra is not None:
-            metrics.update(extra.evaluate(module.model, dm))
+    metrics.update(evaluate_extras(trainer, module, (poisoner, robust), dm))
     if trainer.global_rank != 0:
         return {}
     last = output_dir / "checkpoints" / "last.ckpt"

@@ -30,6 +30,9 @@ class PatternSearch(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or trainer.sanity_checking:
             return
+        # Lightning calls on_fit_end after its teardown, which moved the module to the CPU
+        # (Strategy.teardown: lightning_module.cpu()): search on the device the model trained on.
+        pl_module.to(trainer.strategy.root_device)
         world = trainer.world_size
         poisoner = getattr(trainer.datamodule, "poisoner", None)
         self.summary = run_pattern_search(
@@ -41,5 +44,6 @@ class PatternSearch(Callback):
             trigger=getattr(poisoner, "trigger", None),
             target_class=getattr(poisoner, "target_class", None),
         )
-
-
+        # Rank 0 alone wrote outputs and ran detection: the others wait here, under the
+        # configured collective timeout (trainer.strategy's), not inside the next stage's barrier.
+        trainer.strategy.barrier("pattern_search")
