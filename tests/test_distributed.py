@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import read_json, run_cli
 
-DDP = ("trainer=ddp", "trainer.accelerator=cpu")
+DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true")
 
 
 @pytest.fixture(scope="module")

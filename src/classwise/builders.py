@@ -69,26 +69,40 @@ def build_logger(cfg: DictConfig, job_type: str):
 
 
 def check_launch(trainer_cfg: dict[str, Any]) -> None:
-    """`ddp` relaunches the script with its argv, which inside --multirun would rerun the whole sweep."""
+    """`ddp` relaunches the script with its argv, which inside --multirun would rerun the whole sweep.
+
+    Allowed where the cluster started one process per device (SLURM tasks, torchrun): Lightning
+    then attaches to those processes and relaunches nothing.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from classwise.launch import check_run_folder, cluster_started_processes
+
+    check_run_folder()
     try:
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     except ValueError:
         multirun = False
-    if multirun and str(trainer_cfg.get("strategy", "auto")).startswith("ddp") and trainer_cfg.get("strategy") != "ddp_spawn":
+    strategy = str(trainer_cfg.get("strategy", "auto"))
+    if multirun and strategy.startswith("ddp") and strategy != "ddp_spawn" and not cluster_started_processes():
         raise ConfigError(
             f"trainer.strategy={trainer_cfg.get('strategy')} cannot run inside --multirun (its workers relaunch the "
-            "whole sweep); accepted: trainer.strategy=ddp_spawn"
+            "whole sweep); accepted: trainer.strategy=ddp_spawn, or ddp with one SLURM task / torchrun process per device"
         )
 
 
-def make_fabric(trainer_cfg: dict[str, Any]):
-    """A Lightning Fabric with the trainer config's accelerator, devices, strategy and nodes."""
+def make_fabric(trainer_cfg: dict[str, Any], collective_timeout_min: float | None = None):
+    """A Lightning Fabric with the trainer config's accelerator, devices, strategy and nodes.
+
+    Its precision stays fp32: the search's own `search.precision` decides autocast.
+    """
     from lightning.fabric import Fabric
 
+    from classwise.launch import strategy_with_timeout
+
+    strategy = strategy_with_timeout(trainer_cfg.get("strategy", "auto"), collective_timeout_min, fabric=True)
     return Fabric(
         accelerator=trainer_cfg.get("accelerator", "auto"), devices=trainer_cfg.get("devices", 1),
-        strategy=trainer_cfg.get("strategy", "auto"), num_nodes=trainer_cfg.get("num_nodes", 1),
+        strategy=strategy, num_nodes=trainer_cfg.get("num_nodes", 1),
     )

@@ -11,7 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from classwise.errors import ConfigError
+from classwise.launch import register_resolvers
 
+register_resolvers()  # hydra/default.yaml's run folder needs it before Hydra composes
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 

@@ -24,6 +24,7 @@ from classwise.builders import (
 from classwise.callbacks.distributed import gather_to_rank0
 from classwise.config import cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
+from classwise.launch import set_reproducible
 from classwise.patterns.evaluate import predict
 from classwise.pipeline.search_step import run_pattern_search
 from classwise.reporting.results import update_results
@@ -93,8 +94,9 @@ def search(cfg: DictConfig) -> dict[str, Any] | None:
     check_launch(trainer_cfg)
     if cfg.get("checkpoint"):
         load_checkpoint(resolve_checkpoint(cfg.checkpoint))  # a bad path fails before processes start
+    set_reproducible(bool(cfg.get("reproducible")))
     atexit.register(destroy_process_group)
-    fabric = make_fabric(trainer_cfg)
+    fabric = make_fabric(trainer_cfg, cfg.get("collective_timeout_min"))
     return fabric.launch(_search_worker, cfg, str(Path(cfg.paths.output_dir)))
 
 
@@ -124,7 +126,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
 
         poisoner = instantiate(setting["poisoner"])
     dm = build_datamodule(dataset_cfg, plain(cfg.data), data_seed, poisoner)
-    if rank == 0:
+    if fabric.local_rank == 0:  # once per node; setup() never downloads
         dm.prepare_data()
     fabric.barrier()
     dm.setup()

@@ -23,6 +23,7 @@ from classwise.builders import (
 )
 from classwise.config import cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
+from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
 from classwise.reporting.results import update_results
 
@@ -83,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if done is not None and not cfg.get("resume"):
         print(f"skipped: {output_dir / 'results.json'} exists (delete it to run again)")
         return done
+    set_reproducible(bool(cfg.get("reproducible")))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     atexit.register(destroy_process_group)
 
@@ -108,9 +110,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger = build_logger(cfg, "train")
     if logger:
         logger.log_hyperparams(plain(cfg))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    extra = {"deterministic": "warn"} if cfg.get("reproducible") else {}
+    strategy = strategy_with_timeout(cfg.trainer.get("strategy", "auto"), cfg.get("collective_timeout_min"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, strategy=strategy, **extra)
 
-    dm.prepare_data()  # finds or stages the data now: a missing dataset fails before training starts
+    if trainer.local_rank == 0:
+        # Finds or stages the data now, once per node: a missing dataset fails before training
+        # starts. The other ranks wait at Lightning's prepare_data barrier inside fit().
+        dm.prepare_data()
     if trainer.global_rank == 0:
         dm.setup()
         dm.save_splits(output_dir / "splits.safetensors")

@@ -83,19 +83,20 @@ class ClasswiseDataModule(L.LightningDataModule):
 
     # ---- loading -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        # Runs on one process per node: stage system copies or downloads before the ranks read.
-        self._load_source()
+        # Runs on one process per node (local rank 0; the others wait at a barrier): the only
+        # place that stages system copies or downloads, so ranks never write one root at once.
+        self._load_source(download=bool(self.dataset_cfg.get("download", False)))
 
-    def _load_source(self) -> ImageSource:
+    def _load_source(self, download: bool = False) -> ImageSource:
         if self.source is None:
-            cfg = {k: v for k, v in self.dataset_cfg.items() if k not in ("mean", "std")}
-            self.source = load_source(**cfg)
+            cfg = {k: v for k, v in self.dataset_cfg.items() if k not in ("mean", "std", "download")}
+            self.source = load_source(**cfg, **({"download": download} if "download" in self.dataset_cfg else {}))
         return self.source
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        source = self._load_source()
+        source = self._load_source()  # never downloads: prepare_data did, on local rank 0
         g = torch.Generator().manual_seed(self.seed)
         n_train = len(source.train)
         order = torch.randperm(n_train, generator=g)
@@ -131,14 +132,19 @@ class ClasswiseDataModule(L.LightningDataModule):
     def load_splits(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
 
-    def split_tensors(self, split: str, max_items: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images [N, C, H, W] and labels [N] of `search`, `eval`, `train` or `val`."""
+    def split_tensors(self, split: str, max_items: int | None = None, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images [N, C, H, W] and labels [N] of `search`, `eval`, `train` or `val`.
+
+        `raw` (search and eval only): images as the source stores them, uint8 for every file-backed
+        source (a quarter of float32's memory: ImageNet's val split is ~7 GB instead of ~30 GB a
+        rank); the search converts them per batch (patterns.search.as_float).
+        """
         self.setup()
         dataset = self.train_set if split in ("train", "val") else self.source.test
         idx = self.splits[split]
         if max_items is not None:
             idx = idx[:max_items]
-        return dataset.batch(idx)
+        return dataset.batch(idx, raw=True) if raw and split in ("search", "eval") else dataset.batch(idx)
 
     def train_class_indices(self, target_class: int) -> torch.Tensor:
         """Training-split indices whose label (as trained, so poisoned labels count) is `target_class`."""

@@ -36,10 +36,11 @@ class TensorImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index].float().div_(255), int(self.targets[index])
 
-    def batch(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images [n, C, H, W] and labels [n] for many indices at once."""
+    def batch(self, indices: Sequence[int] | torch.Tensor, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images [n, C, H, W] and labels [n] for many indices at once; `raw`: as stored (uint8)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx].float().div(255), self.targets[idx]
+        images = self.images[idx]
+        return (images if raw else images.float().div(255)), self.targets[idx]
 
 
 class TransformedImages(Dataset):
@@ -53,19 +54,26 @@ class TransformedImages(Dataset):
         steps = [v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)]
         if channels == 1:
             steps.append(v2.Grayscale(1))
-        steps.append(v2.ToDtype(torch.float32, scale=True))
-        self.transform = v2.Compose(steps)
+        # Resized as uint8, so the float image is exactly uint8 / 255 and `raw` batches lose nothing.
+        self.to_uint8 = v2.Compose(steps)
+        self.to_float = v2.ToDtype(torch.float32, scale=True)
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def _uint8(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.dataset[index]
-        return self.transform(image), int(label)
+        return self.to_uint8(image).as_subclass(torch.Tensor), int(label)
 
-    def batch(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self[int(i)] for i in torch.as_tensor(indices).tolist()]
-        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self._uint8(index)
+        return self.to_float(image), label
+
+    def batch(self, indices: Sequence[int] | torch.Tensor, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [n, C, H, W] (float in [0, 1], or uint8 with `raw`: a quarter of the memory) and labels [n]."""
+        items = [self._uint8(int(i)) for i in torch.as_tensor(indices).tolist()]
+        images = torch.stack([x for x, _ in items])
+        return (images if raw else self.to_float(images)), torch.tensor([y for _, y in items])
 
 
 @dataclass

@@ -11,7 +11,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from classwise.errors import ConfigError
-from classwise.patterns.search import OtherClassBatches, frozen, pattern_pixel_count
+from classwise.patterns.chunking import class_chunks, images_per_pass
+from classwise.patterns.search import OtherClassBatches, as_float, frozen, pattern_pixel_count
 
 BASELINES = ("random", "gradcam", "saliency", "uap")
 
@@ -31,26 +32,30 @@ def last_conv(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def attribution_map(model: nn.Module, canvases: torch.Tensor, targets: torch.Tensor, method: str) -> torch.Tensor:
-    """[K, H, W] attribution of each canvas for its target class, by Captum.
+def attribution_map(model: nn.Module, canvases: torch.Tensor, targets: torch.Tensor, method: str,
+                    max_forward: int | None = None) -> torch.Tensor:
+    """[K, H, W] attribution of each canvas for its target class, by Captum, `max_forward` canvases a pass.
 
     `gradcam`: Grad-CAM at the last conv layer (ReLU'd), upsampled bilinearly to the image size;
     `saliency`: |d logit_t / d x|, max over channels.
     """
     from captum.attr import LayerAttribution, LayerGradCam, Saliency
 
+    if method not in ("gradcam", "saliency"):
+        raise ConfigError(f"attribution method {method!r}; accepted: gradcam, saliency")
     device = next(model.parameters()).device
-    x = canvases.to(device)
-    t = targets.to(device)
+    per_pass = images_per_pass(model, tuple(canvases.shape[1:]), max_forward, backward=True)
+    out = []
     with frozen(model):
-        if method == "saliency":
-            attr = Saliency(model).attribute(x, target=t, abs=True).amax(1)  # [K, H, W]
-        elif method == "gradcam":
-            cam = LayerGradCam(model, last_conv(model)).attribute(x, target=t, relu_attributions=True)
-            attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear").amax(1)
-        else:
-            raise ConfigError(f"attribution method {method!r}; accepted: gradcam, saliency")
-    return attr.detach().cpu()
+        for sl in class_chunks(len(targets), 1, per_pass):
+            x, t = canvases[sl].to(device), targets[sl].to(device)
+            if method == "saliency":
+                attr = Saliency(model).attribute(x, target=t, abs=True).amax(1)  # [k, H, W]
+            else:
+                cam = LayerGradCam(model, last_conv(model)).attribute(x, target=t, relu_attributions=True)
+                attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear").amax(1)
+            out.append(attr.detach().cpu())
+    return torch.cat(out)
 
 
 def top_k_of_map(attr: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -81,25 +86,33 @@ def targeted_uaps(
     pool_labels: torch.Tensor,
     cfg: UAPConfig = UAPConfig(),
     progress: bool = True,
+    max_forward: int | None = None,
 ) -> torch.Tensor:
-    """[K, C, H, W] perturbations in [-eps, eps]: each pushes other-class pool images to its target."""
+    """[K, C, H, W] perturbations in [-eps, eps]: each pushes other-class pool images to its target.
+
+    Each step passes the classes in chunks of at most `max_forward` images (null: from memory);
+    a class's perturbation only sees its own images, so chunks do not change it.
+    """
     device = next(model.parameters()).device
     k = len(targets)
     _, c, h, w = pool_images.shape
     step = cfg.step_size if cfg.step_size is not None else cfg.eps / 10
     delta = torch.zeros(k, c, h, w, device=device)
-    tgt = torch.tensor(targets, device=device).repeat_interleave(cfg.batch_size)
+    tgt = torch.tensor(targets, device=device)
     batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 4_000_000)
     pool = pool_images.to(device)
+    chunks = list(class_chunks(k, cfg.batch_size, images_per_pass(model, (c, h, w), max_forward, backward=True)))
     with frozen(model):
         for _ in tqdm(range(cfg.steps), desc=f"UAP ({k} classes)", disable=not progress, leave=False):
-            x = pool[batches.next().to(device)]  # [K, B, C, H, W]
-            delta.requires_grad_(True)
-            adv = (x + delta.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
-            loss = F.cross_entropy(model(adv), tgt)
-            (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                delta = (delta - step * grad.sign()).clamp(-cfg.eps, cfg.eps)
+            idx = batches.next().to(device)  # [K, B]
+            for sl in chunks:
+                x = as_float(pool[idx[sl]])  # [k, B, C, H, W]
+                d = delta[sl].clone().requires_grad_(True)
+                adv = (x + d.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
+                ce = F.cross_entropy(model(adv), tgt[sl].repeat_interleave(cfg.batch_size), reduction="none")
+                (grad,) = torch.autograd.grad(ce.view(-1, cfg.batch_size).mean(1).sum(), d)
+                with torch.no_grad():
+                    delta[sl] = (d - step * grad.sign()).clamp(-cfg.eps, cfg.eps)
     return delta.detach().cpu()
 
 

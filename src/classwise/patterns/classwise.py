@@ -79,11 +79,13 @@ def classwise_patterns(
     eval_predictions: torch.Tensor | None = None,
     baselines: Sequence[str] = ("random",),
     uap_cfg: UAPConfig | None = None,
+    eval_forward: int | None = None,
 ) -> list[ClassPattern]:
     """Search and evaluate the patterns of `targets` (any subset of classes: a rank's shard).
 
     search_set / eval_set: (images [N, C, H, W], labels [N]); they must be disjoint, which the
-    datamodule guarantees. Everything random is keyed by (search_cfg.seed, class), so the result for
+    datamodule guarantees; their images may be uint8 (converted per batch). `eval_forward`: images
+    per evaluation pass (null: from the device's memory). Everything random is keyed by (search_cfg.seed, class), so the result for
     a class does not depend on which other classes share the call.
     """
     search_cfg = search_cfg or SearchConfig()
@@ -116,7 +118,7 @@ def classwise_patterns(
         f, r_count = pix.shape[:2]
         asr = attack_success_rates(
             model, result.canvases.repeat_interleave(r_count, 0), pix.flatten(0, 1),
-            result.target_classes.repeat_interleave(r_count), search_x, search_y,
+            result.target_classes.repeat_interleave(r_count), search_x, search_y, max_forward=eval_forward,
         ).view(f, r_count).mean(1)
         l1 = result.mask_l1
         for i, (t, _, idx) in enumerate(flat):
@@ -143,27 +145,29 @@ def classwise_patterns(
         ])
     for method in ("gradcam", "saliency"):
         if method in baselines:
-            attr = attribution_map(model, canv, tgt, method)
+            attr = attribution_map(model, canv, tgt, method, search_cfg.max_forward)
             pasted[method] = torch.stack([top_k_of_map(attr, r) for r in ratios], 1)
     names = list(pasted)
     all_pix = torch.stack([pasted[n] for n in names], 1).flatten(0, 2)  # [K * N * R, 1, H, W]
     reps = len(names) * r_count
     asr = attack_success_rates(
         model, canv.repeat_interleave(reps, 0), all_pix, tgt.repeat_interleave(reps), eval_x, eval_y, progress=progress,
+        max_forward=eval_forward,
     ).view(k_count, len(names), r_count)
     uap_dense = uap_topk = None
     if "uap" in baselines:
-        deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress)
+        deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress,
+                               search_cfg.max_forward)
         full = torch.ones(k_count, 1, h, w, dtype=torch.bool)
         topk = torch.stack([top_k_of_perturbation(deltas, r) for r in ratios], 1)  # [K, R, 1, H, W]
         both = torch.cat([full.unsqueeze(1), topk], 1).flatten(0, 1)
         uap_asr = attack_success_rates(
             model, deltas.repeat_interleave(1 + r_count, 0), both, tgt.repeat_interleave(1 + r_count), eval_x, eval_y,
-            additive=True, progress=progress, description="evaluating UAPs",
+            additive=True, progress=progress, description="evaluating UAPs", max_forward=eval_forward,
         ).view(k_count, 1 + r_count)
         uap_dense, uap_topk = uap_asr[:, 0], uap_asr[:, 1:]
     if eval_predictions is None:
-        eval_predictions = predict(model, eval_x)
+        eval_predictions = predict(model, eval_x, eval_forward)
     base = base_rates(eval_predictions, eval_y, tgt)
 
     out = []

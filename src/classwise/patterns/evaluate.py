@@ -6,15 +6,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from classwise.patterns.search import frozen
+from classwise.patterns.chunking import images_per_pass
+from classwise.patterns.search import as_float, frozen
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Predicted labels [N] of images [N, C, H, W] (model in eval mode)."""
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Predicted labels [N] of images [N, C, H, W] (float, or uint8 converted per batch; model in eval mode)."""
     device = next(model.parameters()).device
+    batch_size = images_per_pass(model, tuple(images.shape[1:]), batch_size, backward=False, default=1024)
     with frozen(model), torch.no_grad():
-        return torch.cat([model(images[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)])
+        return torch.cat([model(as_float(images[i : i + batch_size].to(device))).argmax(1).cpu()
+                          for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
@@ -25,7 +28,7 @@ def attack_success_rates(
     targets: torch.Tensor,
     images: torch.Tensor,
     labels: torch.Tensor,
-    max_forward: int = 256,
+    max_forward: int | None = None,
     additive: bool = False,
     progress: bool = False,
     description: str = "evaluating patterns",
@@ -35,9 +38,11 @@ def attack_success_rates(
     canvases [P, C, H, W], pixels [P, 1, H, W] bool, targets [P]; images [N, C, H, W], labels [N].
     With `additive`, `canvases` are perturbations added at the chosen pixels (clipped to [0, 1])
     instead of pixels pasted. Each forward pass holds up to `max_forward` pasted images (several patterns at once); larger
-    passes are slower on CPU, where activations outgrow the caches.
+    passes are slower on CPU, where activations outgrow the caches (null: 256 on CPU, from free memory on a GPU).
+    images may be uint8 (converted per batch).
     """
     device = next(model.parameters()).device
+    max_forward = images_per_pass(model, tuple(images.shape[1:]), max_forward, backward=False, default=256)
     p_total = len(targets)
     hits = torch.zeros(p_total, dtype=torch.long)
     counts = torch.stack([(labels != t).sum() for t in targets.tolist()]) if p_total else torch.zeros(0)
@@ -46,7 +51,7 @@ def attack_success_rates(
     canvases_d, pixels_d = canvases.to(device), pixels.to(device)
     with frozen(model), torch.no_grad():
         for i in tqdm(range(0, len(images), n_img), desc=description, disable=not progress, leave=False):
-            x = images[i : i + n_img].to(device)  # [n, C, H, W]
+            x = as_float(images[i : i + n_img].to(device))  # [n, C, H, W]
             y = labels[i : i + n_img].to(device)
             for p in range(0, p_total, group):
                 ps = slice(p, min(p + group, p_total))

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from classwise.patterns.chunking import class_chunks, images_per_pass
 from classwise.patterns.detection import detect
-from classwise.patterns.search import OtherClassBatches, frozen
+from classwise.patterns.search import OtherClassBatches, as_float, frozen
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,15 @@ def neural_cleanse(
     pool_labels: torch.Tensor,
     cfg: NeuralCleanseConfig = NeuralCleanseConfig(),
     progress: bool = True,
+    max_forward: int | None = None,
 ) -> dict[str, Any]:
     """Per class a mask m = (tanh(a)+1)/2 [1,H,W] and pattern p = (tanh(b)+1)/2 [C,H,W] minimising
     CE(f((1-m)x + m p), t) + cost_t * |m|_1, all classes batched; each class's cost follows Neural
     Cleanse's schedule (up by `cost_multiplier` after `patience` checks at ASR >= threshold, down by
     `cost_multiplier**1.5` after `patience` checks below). The detection uses the L1 of each class's
     smallest mask that reached the threshold (of its last mask if none did), small side.
+    A step passes the classes in chunks of at most `max_forward` images (null: from memory); the
+    gradients accumulate before one Adam step, so chunks do not change the result.
     """
     device = next(model.parameters()).device
     k = len(targets)
@@ -56,29 +60,35 @@ def neural_cleanse(
     best_l1 = torch.full((k,), math.inf)
     batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 3_000_000)
     pool = pool_images.to(device)
+    chunks = list(class_chunks(k, cfg.batch_size, images_per_pass(model, (c, h, w), max_forward, backward=True)))
     hits = torch.zeros(k, device=device)
+    l1 = torch.zeros(k, device=device)
     seen = 0
     start = time.perf_counter()
     with frozen(model):
         for step in tqdm(range(cfg.steps), desc=f"neural cleanse ({k} classes)", disable=not progress, leave=False):
-            x = pool[batches.next().to(device)]  # [K, B, C, H, W]
-            m = (torch.tanh(a) + 1) / 2
-            p = (torch.tanh(b) + 1) / 2
-            xs = ((1 - m.unsqueeze(1)) * x + (m * p).unsqueeze(1)).flatten(0, 1)
-            logits = model(xs)
-            ce = F.cross_entropy(logits, tgt.repeat_interleave(cfg.batch_size), reduction="none").view(k, -1).mean(1)
-            l1 = m.flatten(1).sum(1)
-            loss = (ce + cost * l1).sum()
+            idx = batches.next().to(device)  # [K, B]
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for sl in chunks:
+                x = as_float(pool[idx[sl]])  # [k, B, C, H, W]
+                m = (torch.tanh(a[sl]) + 1) / 2
+                p = (torch.tanh(b[sl]) + 1) / 2
+                xs = ((1 - m.unsqueeze(1)) * x + (m * p).unsqueeze(1)).flatten(0, 1)
+                logits = model(xs)
+                t = tgt[sl]
+                ce = F.cross_entropy(logits, t.repeat_interleave(cfg.batch_size), reduction="none").view(len(t), -1).mean(1)
+                l1_c = m.flatten(1).sum(1)
+                (ce + cost[sl] * l1_c).sum().backward()
+                with torch.no_grad():
+                    hits[sl] += (logits.argmax(1).view(len(t), -1) == t.unsqueeze(1)).float().mean(1)
+                    l1[sl] = l1_c
             opt.step()
             with torch.no_grad():
-                hits += (logits.argmax(1).view(k, -1) == tgt.unsqueeze(1)).float().mean(1)
                 seen += 1
                 if (step + 1) % cfg.check_every == 0:
                     asr = (hits / seen).cpu()
                     ok = asr >= cfg.asr_threshold
-                    l1_now = l1.detach().cpu()
+                    l1_now = l1.cpu()
                     best_l1 = torch.where(ok & (l1_now < best_l1), l1_now, best_l1)
                     up = torch.where(ok, up + 1, torch.zeros_like(up))
                     down = torch.where(ok, torch.zeros_like(down), down + 1)

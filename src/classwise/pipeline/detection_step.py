@@ -24,7 +24,8 @@ def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: P
         from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
 
         nc_cfg = NeuralCleanseConfig(**{k: v for k, v in detector.items() if k != "name"}, seed=search_cfg.seed)
-        sections["detection_baselines"] = {"neural_cleanse": neural_cleanse(model, classes, *search_set, nc_cfg, progress)}
+        sections["detection_baselines"] = {"neural_cleanse": neural_cleanse(model, classes, *search_set, nc_cfg, progress,
+                                                                                search_cfg.max_forward)}
     if trigger is not None and target_class is not None and target_class in classes:
         rec = records[classes.index(target_class)]
         region = trigger.region

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from classwise.patterns.evaluate import predict
-from classwise.patterns.search import mask_pixels, paste
+from classwise.patterns.search import as_float, mask_pixels, paste
 from classwise.reporting.figures import pattern_rows
 from classwise.reporting.results import update_results
 
@@ -28,7 +28,7 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
     examples, pixels, preds = [], [], []
     for r in records:
         t = r["class_index"]
-        other_img = eval_x[(eval_y != t).nonzero().flatten()[0]]
+        other_img = as_float(eval_x[(eval_y != t).nonzero().flatten()[0]])
         pixels.append(mask_pixels(r["mask"], show_ratio))
         examples.append(paste(other_img.unsqueeze(0), r["canvas"], pixels[-1])[0])
     if examples:

@@ -69,12 +69,14 @@ def run_pattern_search(
     all_targets = check_targets(other["classes"] if other["classes"] is not None else range(dm.num_classes), dm.num_classes)
     mine = all_targets[rank::world_size]
     pool = canvas_pool(dm, canvas_cfg.source)
-    search_set = dm.split_tensors("search")
-    eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), other["eval_max_per_class"])
+    # uint8 where the source stores uint8 (a quarter of float32's memory), converted per batch.
+    search_set = dm.split_tensors("search", raw=True)
+    eval_x, eval_y = cap_per_class(*dm.split_tensors("eval", raw=True), other["eval_max_per_class"])
     start = time.perf_counter()
     patterns = classwise_patterns(
         model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
         progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
+        eval_forward=other["eval_forward"],
     )
     seconds = time.perf_counter() - start
     records = [_to_record(p) for p in patterns]

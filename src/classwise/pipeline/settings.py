@@ -13,7 +13,7 @@ SEARCH_KEYS = {f for f in SearchConfig.__dataclass_fields__}
 CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": "index", "canvas_k": "k",
                "canvas_max_candidates": "max_candidates"}
 OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "enabled", "baselines", "uap_eps", "uap_steps",
-              "uap_batch_size"}
+              "uap_batch_size", "eval_forward"}
 
 
 def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig, CanvasConfig, dict[str, Any]]:
