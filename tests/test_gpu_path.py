@@ -256,3 +256,15 @@ def test_cuda_graph_refuses_on_cpu_with_one_line(small):
     with pytest.raises(ConfigError, match="search.cuda_graph=true needs a CUDA device") as err:
         search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(steps=1, cuda_graph=True), progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_gpu_check_runs_in_its_cpu_mode(tmp_path, capsys):
+    from classwise.gpu_check import main
+
+    report = main(["--cpu", "--out", str(tmp_path / "gpu_check.json")])
+    assert "SMALL CPU SIZES" in capsys.readouterr().out
+    assert report["callback"]["same"] and report["callback"]["trained on"] == "cpu"
+    assert [r["precision"] for r in report["speed"]] == ["32", "bf16", "32", "bf16"]
+    assert all(r["search img/s"] > 0 and 0 <= r["mean ASR@5%"] <= 1 for r in report["speed"])
+    assert all(r["images per pass"] >= 1 and r["s per step"] > 0 for r in report["many_classes"])
+    assert (tmp_path / "gpu_check.json").is_file()
