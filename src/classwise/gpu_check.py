@@ -65,9 +65,12 @@ def search_speed(name: str, sizes: tuple, device: torch.device) -> list[dict]:
         cfg = SearchConfig(batch_size=4, steps=steps, precision=precision)
         search_patterns(model, canvases, targets, pool, labels, SearchConfig(batch_size=4, steps=1, precision=precision),
                         progress=False)  # warm-up: cuDNN choice, allocator
-        result = {}
-        seconds = _timed(lambda cfg=cfg: result.update(r=search_patterns(model, canvases, targets, pool, labels, cfg,
-                                                                          progress=False)), device)
+        result: dict = {}
+
+        def run(cfg=cfg, result=result) -> None:
+            result["r"] = search_patterns(model, canvases, targets, pool, labels, cfg, progress=False)
+
+        seconds = _timed(run, device)
         pix = top_pixels(result["r"].masks, 0.05)
         asr = attack_success_rates(model, canvases, pix, torch.tensor(targets), pool, labels)
         rate = steps * batch / seconds
