@@ -195,6 +195,10 @@ LAYOUTS = {
     "lightning": (lambda s: {"state_dict": {f"model.{k}": v for k, v in s.items()} | {"criterion.weight": torch.ones(4)},
                              "pytorch-lightning_version": "2.6.0", "epoch": 1, "global_step": 9}, "lightning"),
     "backdoorbench": (lambda s: _bb({f"module.{k}": v for k, v in s.items()}), "backdoorbench"),
+    # classwise-train of model=custom: the LightningModule's `model`, the InputAdapter's `net` and its buffers.
+    "classwise custom": (lambda s: {"state_dict": {f"model.net.{k}": v for k, v in s.items()}
+                                    | {"model.normalize.mean": torch.zeros(1, 1, 1, 1)},
+                                    "pytorch-lightning_version": "2.6.0"}, "lightning"),
 }
 
 

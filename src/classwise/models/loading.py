@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,26 +160,35 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
-def align_state(state: dict[str, torch.Tensor], expected: Iterable[str]) -> dict[str, torch.Tensor]:
-    """`state` re-keyed for a model whose state dict has `expected` keys.
+def align_state(state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` re-keyed for a model whose state dict is `expected` (keys and shapes must agree).
 
-    Tries: wrapper prefixes (`module.`, `_orig_mod.`) removed; then also one top-level attribute
-    removed (a LightningModule's `model.` / `net.`, keeping only that attribute's keys). Returns the
-    exact match, else the candidate sharing the most keys (the caller reports what differs).
+    Tries: wrapper prefixes (`module.`, `_orig_mod.`) removed; then also up to three levels of
+    attributes removed, keeping only that attribute's keys (a LightningModule's `model.` / `net.`,
+    classwise's own `model.net.` around a custom network). Returns the exact match, else the
+    candidate sharing the most keys (the caller reports what differs).
     """
+    shapes = {k: v.shape for k, v in expected.items()}
     expected = set(expected)
-    base = {_strip_wrappers(k): v for k, v in state.items()}
-    candidates = [base]
-    for head in sorted({k.split(".", 1)[0] for k in base if "." in k}):
-        candidates.append({_strip_wrappers(k[len(head) + 1:]): v for k, v in base.items() if k.startswith(head + ".")})
-    for cand in candidates:
-        if set(cand) == expected:
-            return cand
-    return max(candidates, key=lambda c: (len(set(c) & expected), -len(set(c) ^ expected)))
+    level = [{_strip_wrappers(k): v for k, v in state.items()}]
+    seen = list(level)
+    for _ in range(4):
+        for cand in level:
+            if set(cand) == expected and all(v.shape == shapes[k] for k, v in cand.items()):
+                return cand
+        if len(seen) > 500:  # a deep tree of many attributes: stop looking, report the best
+            break
+        level = [{_strip_wrappers(k[len(head) + 1:]): v for k, v in cand.items() if k.startswith(head + ".")}
+                 for cand in level for head in sorted({k.split(".", 1)[0] for k in cand if "." in k})]
+        seen += level
+    return max(seen, key=lambda c: (len(set(c) & expected), -len(set(c) ^ expected)))
 
 
 def fits(net: nn.Module, state: dict[str, torch.Tensor]) -> bool:
-    return set(align_state(state, net.state_dict())) == set(net.state_dict())
+    """Whether `state`, aligned, has exactly `net`'s weights with their shapes."""
+    expected = net.state_dict()
+    aligned = align_state(state, expected)
+    return set(aligned) == set(expected) and all(v.shape == expected[k].shape for k, v in aligned.items())
 
 
 def load_weights(net: nn.Module, checkpoint: Checkpoint, what: str) -> None:
