@@ -173,6 +173,17 @@ def test_timm_model_from_a_local_weights_file(planted_data, tmp_path):
     assert json.loads(result.to_json()) == read_json(tmp_path / "audit" / "results.json")
 
 
+def test_timm_download_without_network_is_one_line(monkeypatch):
+    # As on a machine without network, without waiting for the hub's retries.
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match=r"model\.arch=test_resnet model\.pretrained=true: timm could not fetch"):
+        load_model({"name": "timm", "arch": "test_resnet", "pretrained": True},
+                   {"name": "synthetic", "channels": 3, "image_size": SIZE, "num_classes": CLASSES}, None)
+
+
 # ---- layouts and prefixes: the weights arrive intact --------------------------------------------
 
 def _bb(state):

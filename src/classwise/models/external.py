@@ -74,8 +74,13 @@ def _timm(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], declared: Inpu
         close = timm.list_models(f"*{arch or ''}*")[:8] or timm.list_models()[:8]
         raise ConfigError(f"model.arch={arch!r} is not a timm model; accepted e.g.: {', '.join(close)}, ...")
     kwargs = {k: v for k, v in model_cfg.items() if k not in (*RESERVED, "arch", "pretrained")}
-    return timm.create_model(arch, pretrained=bool(model_cfg.get("pretrained")), num_classes=dataset_cfg["num_classes"],
-                             in_chans=declared.channels or dataset_cfg["channels"], **kwargs)
+    try:
+        return timm.create_model(arch, pretrained=bool(model_cfg.get("pretrained")), num_classes=dataset_cfg["num_classes"],
+                                 in_chans=declared.channels or dataset_cfg["channels"], **kwargs)
+    except OSError as exc:  # timm's download: no network, or no such weights on the hub
+        raise ConfigError(f"model.arch={arch} model.pretrained=true: timm could not fetch its weights ({type(exc).__name__}); "
+                          "accepted: network access (or the weights in the Hugging Face cache), or checkpoint=<a local "
+                          "weights file>") from exc
 
 
 def _timm_pretrained_convention(net: nn.Module, declared: InputConvention) -> InputConvention:
