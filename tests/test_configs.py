@@ -35,6 +35,8 @@ def test_every_group_option_composes(group, option):
         overrides += ["dataset.root=/tmp", "dataset.num_classes=3", "model=resnet50"]
     if group == "model" and option in ("vgg16_bn", "resnet50", "torchvision"):
         overrides.append("dataset=cifar10")
+    if option == "custom":
+        overrides.append("model._target_=tests.conftest.PlantedPatchModel")
     cfg = compose_train(*overrides)
     resolved = {k: OmegaConf.select(cfg, k) for k in cfg if k != "hydra"}
     resolved = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in resolved.items()}
@@ -63,3 +65,13 @@ def test_validation_names_the_key(override, key):
     cfg = compose_train("model=vgg16_bn", "dataset=cifar10", override)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (("model=custom",), "model._target_"),
+    (("model=timm", "model.input.range=0"), "model.input.range"),
+    (("model=torchscript", "model.input.mean=[0.5]"), "model.input.mean"),
+])
+def test_audit_model_options_are_checked_before_compute(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_train(*overrides, name="search"))

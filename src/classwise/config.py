@@ -34,17 +34,25 @@ def _get(cfg: DictConfig, key: str) -> Any:
 def validate(cfg: DictConfig) -> None:
     """Fail with one line on settings that would only break later, after minutes of compute."""
     from classwise.data.sources import SOURCES
+    from classwise.models.external import EXTERNAL
     from classwise.models.factory import MODELS, min_image_size
 
     name = _get(cfg, "dataset.name")
     if name not in SOURCES:
         raise ConfigError(f"dataset.name={name!r} is unknown; accepted: {', '.join(sorted(SOURCES))}")
     model = _get(cfg, "model.name")
-    if model not in MODELS:
-        raise ConfigError(f"model.name={model!r} is unknown; accepted: {', '.join(sorted(MODELS))}")
+    if model not in MODELS and model not in EXTERNAL:
+        raise ConfigError(f"model.name={model!r} is unknown; accepted: {', '.join(sorted([*MODELS, *EXTERNAL]))}")
+    if model == "custom":
+        _get(cfg, "model._target_")
+    min_size = 1 if model in EXTERNAL else min_image_size(model)
     size = _get(cfg, "dataset.image_size")
-    if not isinstance(size, int) or size < min_image_size(model):
-        raise ConfigError(f"dataset.image_size={size} cannot be taken by model={model}; accepted: an integer >= {min_image_size(model)}")
+    if not isinstance(size, int) or size < min_size:
+        raise ConfigError(f"dataset.image_size={size} cannot be taken by model={model}; accepted: an integer >= {min_size}")
+    if OmegaConf.select(cfg, "model.input") is not None:
+        from classwise.models.convention import InputConvention
+
+        InputConvention.from_config(OmegaConf.to_container(cfg.model.input, resolve=True))
     for key in ("dataset.channels", "dataset.num_classes", "data.batch_size", "data.eval_batch_size"):
         value = _get(cfg, key)
         if value is not None and (not isinstance(value, int) or value <= 0):

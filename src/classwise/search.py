@@ -1,4 +1,4 @@
-"""`classwise-search`: the class-wise pattern search on a saved checkpoint or a torchvision model."""
+"""`classwise-search`: the class-wise pattern search on any model: a checkpoint of any known layout, a timm or torchvision model."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from classwise.auditing import clean_accuracy
 from classwise.builders import (
-    build_classifier,
     build_datamodule,
     build_logger,
     check_launch,
@@ -25,36 +24,13 @@ from classwise.callbacks.distributed import gather_to_rank0
 from classwise.config import cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible
-from classwise.patterns.evaluate import predict
+from classwise.models.external import load_model
+from classwise.models.loading import read_checkpoint
 from classwise.pipeline.search_step import run_pattern_search
 from classwise.reporting.results import update_results
 
 log = logging.getLogger(__name__)
 MATCH_KEYS = ("name", "image_size", "channels", "num_classes")
-
-
-def resolve_checkpoint(path: str) -> Path:
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / "checkpoints" / "last.ckpt"
-    if not p.is_file():
-        raise ConfigError(f"checkpoint={path}: no such file; accepted: a .ckpt file or a run folder with checkpoints/last.ckpt")
-    return p
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(f"checkpoint={path} cannot be read as a weights-only PyTorch checkpoint ({type(exc).__name__})") from exc
-
-
-def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The classifier's state dict from a Lightning checkpoint (module prefix removed) or a bare one."""
-    state = ckpt.get("state_dict", ckpt)
-    if any(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    return state
 
 
 def _user_chose(group: str) -> bool:
@@ -64,10 +40,9 @@ def _user_chose(group: str) -> bool:
         return False
 
 
-def configs_for(cfg: DictConfig, ckpt: dict[str, Any] | None) -> tuple[dict, dict, dict]:
-    """(model, dataset, setting) configs: from the checkpoint where it carries them, else from cfg."""
+def configs_for(cfg: DictConfig, meta: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(model, dataset, setting) configs: from a classwise checkpoint's `meta` where it carries them, else from cfg."""
     model_cfg, dataset_cfg, setting = plain(cfg.model), plain(cfg.dataset), {"name": "unknown"}
-    meta = (ckpt or {}).get("classwise") or {}
     if meta:
         model_cfg = meta["model"]
         setting = meta.get("setting", setting)
@@ -93,7 +68,7 @@ def search(cfg: DictConfig) -> dict[str, Any] | None:
     trainer_cfg = plain(cfg.trainer)
     check_launch(trainer_cfg)
     if cfg.get("checkpoint"):
-        load_checkpoint(resolve_checkpoint(cfg.checkpoint))  # a bad path fails before processes start
+        read_checkpoint(cfg.checkpoint)  # a bad path or layout, or a pickled object, fails before processes start
     set_reproducible(bool(cfg.get("reproducible")))
     atexit.register(destroy_process_group)
     fabric = make_fabric(trainer_cfg, cfg.get("collective_timeout_min"))
@@ -103,23 +78,16 @@ def search(cfg: DictConfig) -> dict[str, Any] | None:
 def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] | None:
     output_dir = Path(output_dir)
     rank, world = fabric.global_rank, fabric.world_size
-    ckpt_path = resolve_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
-    model_cfg, dataset_cfg, setting = configs_for(cfg, ckpt)
+    ckpt = read_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
+    meta = ckpt.classwise if ckpt else {}
+    model_cfg, dataset_cfg, setting = configs_for(cfg, meta)
     if ckpt is None and not model_cfg.get("pretrained"):
-        raise ConfigError("checkpoint is not set; accepted: checkpoint=<run folder or .ckpt>, or model=torchvision model.pretrained=true")
-    model = build_classifier(model_cfg, dataset_cfg)
-    if ckpt is not None:
-        try:
-            model.load_state_dict(model_state(ckpt))
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-            raise ConfigError(
-                f"checkpoint={ckpt_path} does not match model={model_cfg['name']} for dataset={dataset_cfg['name']}: {first}"
-            ) from exc
+        raise ConfigError("checkpoint is not set; accepted: checkpoint=<run folder or checkpoint file>, or "
+                          "model=torchvision|timm model.pretrained=true")
+    model = load_model(model_cfg, dataset_cfg, ckpt)
     # The data exactly as the model was trained on it: its seed's splits and, for a backdoored
     # checkpoint, its poisoned training set (so `canvas_source=train` can pick a poisoned canvas).
-    data_seed = int((ckpt or {}).get("classwise", {}).get("seed", cfg.seed))
+    data_seed = int(meta.get("seed", cfg.seed))
     poisoner = None
     if (setting.get("poisoner") or {}).get("_target_"):
         from hydra.utils import instantiate
@@ -147,14 +115,12 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         )
     if rank != 0:
         return None
-    test_x, test_y = dm.split_tensors("search")
-    eval_x, eval_y = dm.split_tensors("eval")
-    preds = predict(model, torch.cat([test_x, eval_x]))
-    clean_acc = float((preds == torch.cat([test_y, eval_y])).float().mean())
     run = {"dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.get("name"), "seed": int(cfg.seed),
-           "checkpoint": str(ckpt_path.resolve()) if ckpt_path else None, "output_dir": str(output_dir), "config": plain(cfg),
-           "job_type": "search"}
-    metrics = {"clean_acc": clean_acc}
+           "checkpoint": str(ckpt.path.resolve()) if ckpt else None, "checkpoint_layout": ckpt.layout if ckpt else None,
+           "output_dir": str(output_dir), "config": plain(cfg), "job_type": "search"}
+    if model_cfg.get("_target_") or model_cfg["name"] == "timm":
+        run["architecture"] = model_cfg.get("_target_") or model_cfg.get("arch")
+    metrics = {"clean_acc": clean_accuracy(model, dm)}
     if cfg.get("robust_eval"):
         from classwise.attacks.pgd import AdversarialTraining
 
@@ -170,7 +136,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
 
         logger.log_hyperparams(plain(cfg))
         log_run(logger, output_dir, metrics)
-    print(f"clean_acc={clean_acc:.4f}  results: {output_dir / 'results.json'}")
+    print(f"clean_acc={metrics['clean_acc']:.4f}  results: {output_dir / 'results.json'}")
     return {"run": run, **(summary or {})}
 
 

@@ -81,6 +81,13 @@ class ClasswiseDataModule(L.LightningDataModule):
         self.splits: dict[str, torch.Tensor] = {}
         self.train_set: Dataset | None = None
 
+    @classmethod
+    def from_source(cls, source: ImageSource, dataset: dict[str, Any], **kwargs: Any) -> ClasswiseDataModule:
+        """A datamodule over a source already built (a user's Dataset or tensors: the notebook API's path)."""
+        dm = cls(dataset=dataset, **kwargs)
+        dm.source = source
+        return dm
+
     # ---- loading -------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         # Runs on one process per node (local rank 0; the others wait at a barrier): the only

@@ -76,6 +76,36 @@ class TransformedImages(Dataset):
         return (images if raw else self.to_float(images)), torch.tensor([y for _, y in items])
 
 
+class DatasetImages(Dataset):
+    """A user's Dataset of (image [C, H, W] in [0, 1], label) items, e.g. ImageFolder with ToTensor, with `targets` and `batch`."""
+
+    def __init__(self, dataset: Dataset):
+        first = dataset[0]
+        if not (isinstance(first, tuple | list) and len(first) >= 2 and isinstance(first[0], torch.Tensor)
+                and first[0].ndim == 3 and first[0].is_floating_point()):
+            raise ConfigError(
+                f"dataset items are {type(first).__name__}; accepted: (image tensor [C, H, W] in [0, 1], label), "
+                "e.g. torchvision's ImageFolder(root, transform=Compose([Resize((32, 32)), ToTensor()]))"
+            )
+        self.dataset = dataset
+        targets = getattr(dataset, "targets", None)
+        if targets is None:
+            targets = [int(dataset[i][1]) for i in range(len(dataset))]
+        self.targets = torch.as_tensor(list(targets), dtype=torch.long)
+        self.image_shape = tuple(first[0].shape)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index][:2]
+        return image, int(label)
+
+    def batch(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [self[int(i)] for i in torch.as_tensor(indices).tolist()]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
+
+
 @dataclass
 class ImageSource:
     """A dataset's train and test sets with class names; images are [0, 1] floats [C, H, W]."""

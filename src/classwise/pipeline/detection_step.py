@@ -37,13 +37,19 @@ def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: P
         block["target_pixels_on_trigger"] = overlap
         _trigger_figure(trigger, rec, dm.classes[target_class], ratios, run_dir / "patterns" / "trigger_vs_pattern.png")
     update_results(run_dir, **sections)
-    flagged = block["flagged"]
-    print(f"detection (log mask L1, MAD index > 2): flagged {flagged or 'none'}; "
-          f"predicted target {block['predicted_target']}")
+    print(f"detection (log mask L1, MAD index > 2): flagged {_named(block['flagged'], dm.classes)}; "
+          f"predicted target {_named([block['predicted_target']], dm.classes)}")
     if "detection_baselines" in sections:
         nc = sections["detection_baselines"]["neural_cleanse"]
-        print(f"neural cleanse: flagged {nc['flagged'] or 'none'}; predicted target {nc['predicted_target']} ({nc['seconds']} s)")
+        print(f"neural cleanse: flagged {_named(nc['flagged'], dm.classes)}; "
+              f"predicted target {_named([nc['predicted_target']], dm.classes)} ({nc['seconds']} s)")
     return sections
+
+
+def _named(classes: list[int | None], names: list[str]) -> str:
+    """Class indices with the dataset's names, e.g. `2 (frog)`; `none` for no class."""
+    shown = [f"{c} ({names[c]})" for c in classes if c is not None]
+    return ", ".join(shown) or "none"
 
 
 def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path: Path) -> None:

@@ -82,11 +82,12 @@ def summary_table(runs: Sequence[Run]) -> Table:
 
 
 def _detection_cols(prefix: str) -> list[str]:
-    return [f"{prefix}predicted_target", f"{prefix}max_anomaly_index", f"{prefix}max_anomaly_class",
-            f"{prefix}target_anomaly_index", f"{prefix}flagged", f"{prefix}seconds"]
+    return [f"{prefix}predicted_target", f"{prefix}predicted_name", f"{prefix}max_anomaly_index",
+            f"{prefix}max_anomaly_class", f"{prefix}target_anomaly_index", f"{prefix}flagged", f"{prefix}flagged_names",
+            f"{prefix}seconds"]
 
 
-def _detection_values(block: Any, target: Any, prefix: str) -> dict[str, Any]:
+def _detection_values(block: Any, target: Any, prefix: str, names: dict[Any, str] | None = None) -> dict[str, Any]:
     if not isinstance(block, dict):
         return {}
     classes = block.get("classes") if isinstance(block.get("classes"), list) else []
@@ -99,6 +100,9 @@ def _detection_values(block: Any, target: Any, prefix: str) -> dict[str, Any]:
         f"{prefix}max_anomaly_index": best[1], f"{prefix}max_anomaly_class": best[0],
         f"{prefix}target_anomaly_index": target_index,
         f"{prefix}flagged": block.get("flagged"), f"{prefix}seconds": block.get("seconds"),
+        # The dataset's class names beside the indices (ImageFolder folders, CIFAR-10 labels, ...).
+        f"{prefix}predicted_name": (names or {}).get(block.get("predicted_target")),
+        f"{prefix}flagged_names": [(names or {}).get(c) for c in block.get("flagged") or []] or None,
     }
 
 
@@ -121,8 +125,10 @@ def detection_table(runs: Sequence[Run]) -> Table:
             "trigger": backdoor.get("trigger"), "backdoor_asr": run.metrics.get("backdoor_asr"),
             "true_target": target,
         }
-        row.update(_detection_values(det, target, ""))
-        row.update(_detection_values(nc, target, "nc_"))
+        classes = run.data.get("classes") if isinstance(run.data.get("classes"), list) else []
+        names = {c.get("class_index"): c.get("class_name") for c in classes if isinstance(c, dict)}
+        row.update(_detection_values(det, target, "", names))
+        row.update(_detection_values(nc, target, "nc_", names))
         rows.append(row)
     return Table("detection", "Backdoor target detection: class-wise patterns (ours) and Neural Cleanse (nc_)",
                  columns, rows)

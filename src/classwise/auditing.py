@@ -1,0 +1,246 @@
+"""`classwise.audit(model, dataset)`: every class's pattern of any model and the backdoor verdict, from a notebook or the CLI."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from classwise.errors import ConfigError
+from classwise.models.convention import InputAdapter, InputConvention
+
+
+@dataclass
+class Audit:
+    """What an audit found: per-class patterns and attack success, the detection verdict; `figure()`, `to_json()`."""
+
+    results: dict[str, Any]  # the run's results.json
+    masks: dict[int, torch.Tensor]  # class index -> continuous mask [1, H, W]
+    canvases: dict[int, torch.Tensor]  # class index -> canvas [C, H, W]
+    output_dir: Path
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> Audit:
+        """The audit of a run folder written by `audit()`, `classwise-search` or `classwise-train`."""
+        from safetensors.torch import load_file
+
+        run_dir = Path(run_dir)
+        results = json.loads((run_dir / "results.json").read_text())
+        tensors = load_file(str(run_dir / results["search"]["masks_file"]))
+        idx = [c["class_index"] for c in results["classes"]]
+        return cls(results, {i: tensors[f"class_{i}"] for i in idx}, {i: tensors[f"canvas_{i}"] for i in idx}, run_dir)
+
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        """Per searched class: class_index, class_name, mask_l1, by_ratio (asr, base_rate, baselines per pattern ratio)."""
+        return self.results["classes"]
+
+    @property
+    def detection(self) -> dict[str, Any] | None:
+        return self.results.get("detection")
+
+    @property
+    def flagged(self) -> list[str]:
+        """Names of the classes the detector flags as a backdoor's target (empty: none)."""
+        names = {c["class_index"]: c["class_name"] for c in self.classes}
+        return [names[i] for i in (self.detection or {}).get("flagged", [])]
+
+    @property
+    def verdict(self) -> str:
+        det = self.detection
+        if not det:
+            return "no verdict: detection needs 3 or more searched classes"
+        index = dict(zip(det["classes"], det["anomaly_index"], strict=True))
+        names = {c["class_index"]: c["class_name"] for c in self.classes}
+        if det["flagged"]:
+            return "backdoor suspected: " + ", ".join(
+                f"class {i} ({names[i]}), anomaly index {index[i]:.1f} > {det['threshold']:g}" for i in det["flagged"])
+        return f"no class stands out (anomaly index of the smallest pattern <= {det['threshold']:g})"
+
+    def asr(self, ratio: float | None = None) -> dict[str, float]:
+        """Class name -> held-out attack success rate of its pattern at `ratio` (default: the first searched)."""
+        return {c["class_name"]: _at_ratio(c, ratio)["asr"] for c in self.classes}
+
+    def table(self) -> str:
+        """The per-class table `classwise-search` prints."""
+        from classwise.pipeline.outputs import format_table
+
+        return format_table(self.classes, self.results["search"]["pattern_ratios"])
+
+    def figure(self, ratio: float | None = None):
+        """A matplotlib Figure, one row per class named by the dataset: canvas, mask, pattern with its ASR."""
+        from matplotlib.figure import Figure
+
+        from classwise.patterns.search import mask_pixels
+        from classwise.reporting.figures import _show, pattern_on_gray
+
+        fig = Figure(figsize=(5.0, 1.6 * len(self.classes) + 0.4))
+        axes = fig.subplots(len(self.classes), 3, squeeze=False)
+        for row, c in zip(axes, self.classes, strict=True):
+            i, entry = c["class_index"], _at_ratio(c, ratio)
+            _show(row[0], self.canvases[i], f"{c['class_name']}: canvas")
+            _show(row[1], self.masks[i], f"mask (L1 {c['mask_l1']:.0f})", cmap="magma")
+            pixels = mask_pixels(self.masks[i], entry["pattern_ratio"])
+            _show(row[2], pattern_on_gray(self.canvases[i], pixels), f"{entry['pattern_ratio']:.0%}: ASR {entry['asr']:.2f}")
+        fig.suptitle(self.verdict, fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    def to_json(self) -> str:
+        return json.dumps(self.results, indent=2)
+
+    def __repr__(self) -> str:
+        return f"Audit({len(self.classes)} classes, {self.verdict}; {self.output_dir})"
+
+
+def _at_ratio(cls_entry: dict[str, Any], ratio: float | None) -> dict[str, Any]:
+    if ratio is None:
+        return cls_entry["by_ratio"][0]
+    return min(cls_entry["by_ratio"], key=lambda b: abs(b["pattern_ratio"] - ratio))
+
+
+def clean_accuracy(model: nn.Module, dm) -> float:
+    """Accuracy on the search pool and eval images together (the test set's share the audit sees)."""
+    from classwise.patterns.evaluate import predict
+
+    test_x, test_y = dm.split_tensors("search")
+    eval_x, eval_y = dm.split_tensors("eval")
+    preds = predict(model, torch.cat([test_x, eval_x]))
+    return float((preds == torch.cat([test_y, eval_y])).float().mean())
+
+
+def _compose(overrides: list[str]):
+    """The search app's config composed with `overrides` (a preset, a dataset) from conf/."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from classwise.config import conf_dir
+
+    if GlobalHydra.instance().is_initialized():  # inside a running Hydra app
+        return compose("search", overrides=overrides)
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose("search", overrides=overrides)
+
+
+def search_settings(search: str | Mapping[str, Any], seed: int, **overrides: Any) -> dict[str, Any]:
+    """A preset of conf/search (`paper`, `fast`) or a dict, with any search key overridden; validated."""
+    from omegaconf import OmegaConf
+
+    from classwise.pipeline.settings import parse_settings
+
+    if isinstance(search, Mapping):
+        settings = dict(search)
+    else:
+        settings = OmegaConf.to_container(_compose([f"search={search}", f"seed={seed}"]).search, resolve=True)
+    settings.update(overrides)
+    parse_settings(settings)
+    return settings
+
+
+def _datamodule(dataset: Any, test: Dataset | None, seed: int, search_fraction: float):
+    """A ClasswiseDataModule from a Dataset (class names from its `.classes`), a dataset config or name, or as given."""
+    from omegaconf import OmegaConf
+
+    from classwise.builders import build_datamodule
+    from classwise.data import ClasswiseDataModule
+    from classwise.data.sources import DatasetImages, ImageSource
+
+    data_cfg = {"search_fraction": search_fraction}
+    if isinstance(dataset, ClasswiseDataModule):
+        return dataset
+    if isinstance(dataset, str | Mapping):
+        cfg = dict(dataset) if isinstance(dataset, Mapping) else {"name": dataset}
+        from classwise.data.sources import SOURCES
+
+        if cfg.get("name") not in SOURCES:
+            raise ConfigError(f"dataset.name={cfg.get('name')!r} is unknown; accepted: {', '.join(sorted(SOURCES))}")
+        composed = _compose([f"dataset={cfg['name']}", f"seed={seed}"])
+        OmegaConf.set_struct(composed, False)
+        composed.dataset = OmegaConf.merge(composed.dataset, cfg)  # attached, so ${paths.data_dir} resolves
+        return build_datamodule(OmegaConf.to_container(composed.dataset, resolve=True), data_cfg, seed)
+    if not isinstance(dataset, Dataset):
+        raise ConfigError(f"dataset is a {type(dataset).__name__}; accepted: a torch Dataset of (image [C,H,W] in [0,1], "
+                          "label), a dataset name or config dict (conf/dataset), or a ClasswiseDataModule")
+    train = DatasetImages(dataset)
+    held_out = DatasetImages(test) if test is not None else train
+    channels, size, _ = train.image_shape
+    classes = list(getattr(dataset, "classes", None) or [f"class_{i}" for i in range(int(train.targets.max()) + 1)])
+    cfg = {"name": type(dataset).__name__, "image_size": size, "channels": channels, "num_classes": len(classes)}
+    return ClasswiseDataModule.from_source(ImageSource(train, held_out, classes), cfg, seed=seed, **data_cfg)
+
+
+def model_config_of(checkpoint) -> dict[str, Any]:
+    """The architecture a checkpoint declares: classwise-train's config, or TorchScript's own."""
+    if checkpoint.classwise:
+        return dict(checkpoint.classwise["model"])
+    if checkpoint.layout == "torchscript":
+        return {"name": "torchscript"}
+    raise ConfigError(f"checkpoint={checkpoint.path} ({checkpoint.layout}) does not say its architecture; accepted: "
+                      "model_cfg={'name': 'custom', '_target_': 'your_pkg.nets.Net', ...} or {'name': 'timm', 'arch': ...}")
+
+
+def audit(
+    model: nn.Module | str | Path,
+    dataset: Any,
+    *,
+    test: Dataset | None = None,
+    input: Mapping[str, Any] | InputConvention | None = None,  # noqa: A002 - the config group's word
+    model_cfg: Mapping[str, Any] | None = None,
+    search: str | Mapping[str, Any] = "paper",
+    detector: str | Mapping[str, Any] | None = None,
+    output_dir: str | Path | None = None,
+    seed: int = 0,
+    search_fraction: float = 0.2,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **search_overrides: Any,
+) -> Audit:
+    """Search every class's pattern of `model` on `dataset`, evaluate it held out, and judge it (the CLI's path).
+
+    model: an nn.Module taking images as `input` declares (default: [0, 1], no normalisation), or a
+    checkpoint file (`model_cfg` names its architecture as conf/model does; classwise and TorchScript
+    files carry theirs). dataset: a torch Dataset of (image [C, H, W] in [0, 1], label), its
+    `.classes` naming the classes (e.g. ImageFolder's folders); or a dataset name / config dict of
+    conf/dataset; or a ClasswiseDataModule. test: a second Dataset for the search pool and the
+    evaluation images (disjoint shares of it); by default both come from `dataset`. search: a preset
+    of conf/search or a dict; search_overrides: any search key (pattern_ratios, baselines, classes, ...).
+    Outputs (masks, figures, results.json) go to `output_dir` (default: a new temporary folder).
+    """
+    from classwise.models.external import load_model
+    from classwise.models.loading import read_checkpoint
+    from classwise.pipeline.search_step import run_pattern_search
+    from classwise.reporting.results import update_results
+
+    settings = search_settings(search, seed, **search_overrides)
+    dm = _datamodule(dataset, test, seed, search_fraction)
+    dataset_cfg = dict(dm.dataset_cfg)
+    run: dict[str, Any] = {"dataset": dataset_cfg["name"], "seed": seed, "job_type": "audit"}
+    if isinstance(model, str | Path):
+        ckpt = read_checkpoint(model)
+        cfg = dict(model_cfg) if model_cfg is not None else model_config_of(ckpt)
+        if input is not None:
+            cfg["input"] = input.__dict__ if isinstance(input, InputConvention) else dict(input)
+        net = load_model(cfg, dataset_cfg, ckpt)
+        run.update(model=cfg["name"], checkpoint=str(ckpt.path.resolve()), checkpoint_layout=ckpt.layout)
+    elif isinstance(model, nn.Module):
+        conv = input if isinstance(input, InputConvention) else InputConvention.from_config(input, key="input")
+        net = InputAdapter(model, conv, dataset_cfg["channels"], dataset_cfg["image_size"])
+        run.update(model=type(model).__name__, input=conv.describe())
+    else:
+        raise ConfigError(f"model is a {type(model).__name__}; accepted: a torch.nn.Module or a checkpoint path")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net.to(device)
+    detector_cfg = {"name": detector} if isinstance(detector, str) else dict(detector or {})
+    out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="classwise-audit-"))
+    run_pattern_search(net, dm, settings, out, detector=detector_cfg, progress=progress)
+    update_results(out, run={**run, "output_dir": str(out), "config": {"search": settings}},
+                   metrics={"clean_acc": clean_accuracy(net, dm)})
+    return Audit.from_run(out)
+
