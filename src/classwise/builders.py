@@ -68,8 +68,11 @@ def build_logger(cfg: DictConfig, job_type: str):
     timeout = wandb_cfg.pop("server_timeout", CHECK_TIMEOUT)  # ours, not WandbLogger's
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"logger.server_timeout={timeout} must be a positive number of seconds")
-    return instantiate(wandb_cfg, mode=wandb_mode(wandb_cfg.get("mode"), timeout), group=sweep_group(),
-                       job_type=job_type, tags=tags)
+    logger = instantiate(wandb_cfg, mode=wandb_mode(wandb_cfg.get("mode"), timeout), group=sweep_group(),
+                         job_type=job_type, tags=tags)
+    # Lightning always passes `anonymous`, which wandb no longer reads and warns about on every run.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 def check_launch(trainer_cfg: dict[str, Any]) -> None:
