@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import lightning as L
 import pytest
@@ -32,7 +33,10 @@ def test_log_bar_prints_whole_lines_at_the_interval_and_one_at_the_end():
 
 def test_mode_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("CLASSWISE_PROGRESS", "auto")
-    assert progress_mode() == "log"  # pytest's captured stderr is no terminal
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert progress_mode() == "log"
+    monkeypatch.undo()
     monkeypatch.setenv("CLASSWISE_PROGRESS", "none")
     for _ in tqdm(range(10), desc="quiet"):
         pass

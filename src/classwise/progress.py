@@ -3,7 +3,7 @@
 Every bar of the package goes through `tqdm` below (a drop-in for `tqdm.auto.tqdm`). The mode comes
 from the environment, so a cluster job script sets it once for train, search and every sweep job:
 
-    CLASSWISE_PROGRESS=auto|bar|log|none   auto (default): `bar` when stderr is a terminal, else `log`
+    CLASSWISE_PROGRESS=auto|bar|log|none   auto (default): `bar` on a terminal or in Jupyter, else `log`
     CLASSWISE_PROGRESS_INTERVAL=30         seconds between two `log` lines of one bar
 """
 
@@ -31,7 +31,8 @@ def progress_mode() -> str:
     if mode not in MODES:
         raise ConfigError(f"CLASSWISE_PROGRESS={mode!r} is unknown; accepted: {', '.join(MODES)}")
     if mode == "auto":
-        return "bar" if _isatty(sys.stderr) else "log"
+        # A Jupyter kernel's stderr is no terminal, but tqdm.auto draws a live widget there.
+        return "bar" if _isatty(sys.stderr) or "ipykernel" in sys.modules else "log"
     return mode
 
 
