@@ -61,14 +61,21 @@ def build_logger(cfg: DictConfig, job_type: str):
         return False
     if "WandbLogger" not in logger_cfg["_target_"]:
         return instantiate(logger_cfg)
-    from classwise.reporting.wandb_log import wandb_mode
+    from classwise.reporting.wandb_log import CHECK_TIMEOUT, wandb_mode
 
     setting = cfg.get("setting") or {}
     tags = [f"setting:{setting.get('name', 'search')}", f"dataset:{cfg.dataset.name}", f"model:{cfg.model.name}"]
     if setting.get("poisoner"):
         tags.append(f"trigger:{cfg.trigger._target_.rsplit('.', 1)[-1].lower()}")
-    return instantiate(logger_cfg, mode=wandb_mode(logger_cfg.get("mode")), group=sweep_group(), job_type=job_type,
-                       tags=tags)
+    wandb_cfg = plain(logger_cfg)
+    timeout = wandb_cfg.pop("server_timeout", CHECK_TIMEOUT)  # ours, not WandbLogger's
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"logger.server_timeout={timeout} must be a positive number of seconds")
+    logger = instantiate(wandb_cfg, mode=wandb_mode(wandb_cfg.get("mode"), timeout), group=sweep_group(),
+                         job_type=job_type, tags=tags)
+    # Lightning always passes `anonymous`, which wandb no longer reads and warns about on every run.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 def check_launch(trainer_cfg: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,13 @@ from classwise.errors import ConfigError
 from classwise.launch import register_resolvers
 
 register_resolvers()  # hydra/default.yaml's run folder needs it before Hydra composes
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The configs inside the package: in a checkout a link to the top-level conf/ (where users read and
+# edit them), in an installed wheel a copy of it (package data), so both find them the same way.
+CONF_DIR = Path(__file__).parent / "conf"
 
 
 def conf_dir() -> str:
-    """The Hydra config folder: $CLASSWISE_CONF, else the repository's conf/ (editable install)."""
-    import os
-
+    """The Hydra config folder: $CLASSWISE_CONF, else the configs that travel with the package."""
     return os.environ.get("CLASSWISE_CONF", str(CONF_DIR))
 
 

@@ -27,6 +27,7 @@ from classwise.launch import set_reproducible
 from classwise.models.external import load_model
 from classwise.models.loading import read_checkpoint
 from classwise.pipeline.search_step import run_pattern_search
+from classwise.progress import quiet_libraries
 from classwise.reporting.results import update_results
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
 @hydra.main(config_path=conf_dir(), config_name="search", version_base="1.3")
 @cli_errors
 def _main(cfg: DictConfig) -> None:
+    quiet_libraries()  # in the job, not at import: a joblib or SLURM job is a process of its own
     search(cfg)
 
 

@@ -25,6 +25,7 @@ from classwise.config import cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
+from classwise.progress import quiet_libraries
 from classwise.reporting.results import update_results
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
 @cli_errors
 def _main(cfg: DictConfig) -> None:
+    quiet_libraries()  # in the job, not at import: a joblib or SLURM job is a process of its own
     train(cfg)
 
 

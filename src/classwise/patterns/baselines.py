@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from classwise.errors import ConfigError
 from classwise.patterns.chunking import class_chunks, images_per_pass
 from classwise.patterns.search import OtherClassBatches, as_float, frozen, pattern_pixel_count
+from classwise.progress import tqdm
 
 BASELINES = ("random", "gradcam", "saliency", "uap")
 
@@ -50,7 +50,8 @@ def attribution_map(model: nn.Module, canvases: torch.Tensor, targets: torch.Ten
         for sl in class_chunks(len(targets), 1, per_pass):
             x, t = canvases[sl].to(device), targets[sl].to(device)
             if method == "saliency":
-                attr = Saliency(model).attribute(x, target=t, abs=True).amax(1)  # [k, H, W]
+                # An input that already asks for gradients: Captum would switch them on itself, with a warning.
+                attr = Saliency(model).attribute(x.clone().requires_grad_(), target=t, abs=True).amax(1)  # [k, H, W]
             else:
                 cam = LayerGradCam(model, last_conv(model)).attribute(x, target=t, relu_attributions=True)
                 attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear").amax(1)

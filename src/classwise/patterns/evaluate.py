@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from classwise.patterns.chunking import images_per_pass
 from classwise.patterns.search import as_float, frozen
+from classwise.progress import tqdm
 
 
 @torch.no_grad()

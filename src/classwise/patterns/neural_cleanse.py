@@ -10,11 +10,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from classwise.patterns.chunking import class_chunks, images_per_pass
 from classwise.patterns.detection import detect
 from classwise.patterns.search import OtherClassBatches, as_float, frozen
+from classwise.progress import tqdm
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from classwise.errors import ConfigError
 from classwise.patterns.chunking import images_per_pass
+from classwise.progress import tqdm
 
 UPDATES = ("sign", "adam")
 PRECISIONS = ("32", "bf16")

@@ -1,29 +1,74 @@
-"""W&B logging: never blocking (offline fallback), a browsable `patterns` table, run summary scalars."""
+"""W&B logging: online only when the configured server answers, a browsable `patterns` table, summary scalars."""
 
 from __future__ import annotations
 
 import logging
-import socket
+import os
+import ssl
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-WANDB_HOST = ("api.wandb.ai", 443)
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+CHECK_TIMEOUT = 3.0
 
 
-def reachable(address: tuple[str, int] = WANDB_HOST, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(address, timeout=timeout):
-            return True
-    except OSError:
-        return False
+def wandb_base_url() -> str:
+    """The W&B server a run would talk to: WANDB_BASE_URL, else the user's wandb settings, else W&B's cloud."""
+    url = os.environ.get("WANDB_BASE_URL")
+    if not url:
+        try:
+            # The settings wandb.init would use (`wandb login --host` writes base_url into the settings
+            # file); the singleton reads files and environment without starting wandb's service.
+            from wandb.sdk.wandb_setup import singleton
+
+            url = singleton().settings.base_url
+        except Exception:  # noqa: BLE001 - an unreadable settings file: wandb's default server
+            url = DEFAULT_BASE_URL
+    return url.rstrip("/")
 
 
-def wandb_mode(requested: str | None) -> str:
-    """`online` only when W&B answers within seconds; otherwise `offline` with a warning (`wandb sync` later)."""
-    if requested == "online" and not reachable():
-        log.warning("W&B is unreachable: logging offline instead; upload later with `wandb sync <run folder>/wandb/offline-run-*`")
-        return "offline"
+def server_answers(base_url: str, timeout: float = CHECK_TIMEOUT) -> bool:
+    """True when the server gives an HTTP answer below 500 to GET <base_url>/healthz within `timeout` seconds.
+
+    An HTTP request, not a TCP connect: a server (or proxy) that accepts connections but never
+    answers would pass a connect and then hang wandb.init; a proxy's 502/503 says the server is down;
+    and urllib takes the same HTTP(S)_PROXY variables as wandb. Any status below 500 (also 401 or 404)
+    proves a live server. The request runs in a daemon thread so that name lookup, which socket
+    timeouts do not cover, cannot hold the run either.
+    """
+    answers: list[bool] = []
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=timeout) as response:
+                answers.append(response.status < 500)
+        except urllib.error.HTTPError as err:
+            answers.append(err.code < 500)
+        except urllib.error.URLError as err:
+            # A TLS handshake that fails on the certificate still came from a live server; whether to
+            # trust it is wandb's business (it may have REQUESTS_CA_BUNDLE where urllib has not).
+            answers.append(isinstance(err.reason, ssl.SSLError))
+        except (OSError, ValueError):  # refused, timed out, reset, or not a URL
+            answers.append(False)
+
+    thread = threading.Thread(target=ask, name="wandb-server-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answers[:1]) and answers[0]
+
+
+def wandb_mode(requested: str | None, timeout: float = CHECK_TIMEOUT) -> str:
+    """`online` only when the configured W&B server answers within `timeout` s; else `offline` with a warning."""
+    if requested == "online":
+        url = wandb_base_url()
+        if not server_answers(url, timeout):
+            log.warning("W&B server %s did not answer within %gs: logging offline instead; upload later with "
+                        "`wandb sync <run folder>/wandb/offline-run-*`", url, timeout)
+            return "offline"
     return requested or "offline"
 
 
