@@ -101,7 +101,8 @@ class DatasetImages(Dataset):
         image, label = self.dataset[index][:2]
         return image, int(label)
 
-    def batch(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: Sequence[int] | torch.Tensor, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [n, C, H, W] and labels [n]; a user's items are already [0, 1] floats, so `raw` changes nothing."""
         items = [self[int(i)] for i in torch.as_tensor(indices).tolist()]
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
 
