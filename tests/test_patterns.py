@@ -91,6 +91,43 @@ def test_top_pixels_and_paste():
     assert out[:, :, 2, 3].eq(1).all() and out.sum() == 5 * 3 * 2
 
 
+def test_top_pixels_ties_go_to_the_score_then_the_index():
+    """Equal mask values are ordered by the score (higher first), equal scores by the lower pixel index."""
+    from classwise.patterns.search import tie_counts
+
+    mask = torch.zeros(1, 1, 10, 10)
+    mask[0, 0, 5, 5] = 1.0
+    mask[0, 0, 0, 0] = mask[0, 0, 9, 9] = mask[0, 0, 4, 4] = 0.5  # three tied for two slots
+    score = torch.zeros_like(mask)
+    score[0, 0, 9, 9] = 2.0
+    pix = top_pixels(mask, 0.03, score)[0, 0]
+    assert pix[5, 5] and pix[9, 9] and pix[0, 0] and not pix[4, 4]
+    pix = top_pixels(mask, 0.03)[0, 0]  # no score: index order, as in runs saved before scores
+    assert pix[5, 5] and pix[0, 0] and pix[4, 4] and not pix[9, 9]
+    nonzero, tied = tie_counts(mask, 0.03)
+    assert nonzero.tolist() == [3] and tied.tolist() == [2]
+    # Fewer non-zero pixels than k: the score picks among the zeros, still exactly k pixels.
+    score[0, 0, 3, 1] = 5.0
+    pix = top_pixels(mask, 0.06, score)[0, 0]
+    assert pix.sum() == 6 and pix[3, 1] and pix[0, 0] and pix[4, 4] and pix[9, 9]
+    nonzero, tied = tie_counts(mask, 0.06)
+    assert nonzero.tolist() == [4] and tied.tolist() == [2]
+
+
+def test_search_scores_are_the_unclipped_mask():
+    """The tie-break score is mask_init plus every signed update: beyond the clip where the mask sits on it."""
+    tr_x, tr_y, te_x, te_y = synthetic(1)
+    model = PlantedPatchModel(1, SIZE, CLASSES, 1, 2, 2, PATCH)
+    res = search_patterns(model, tr_x[:2], [1, 2], te_x[:200], te_y[:200], SearchConfig(steps=40, batch_size=4),
+                          progress=False)
+    assert res.scores.shape == res.masks.shape
+    at_one, at_zero = res.masks == 1, res.masks == 0
+    assert at_one.any() and (res.scores[at_one] >= 1 - 1e-6).all()
+    assert at_zero.any() and (res.scores[at_zero] <= 1e-6).all()
+    assert res.scores[at_zero].unique().numel() > 1  # pixels tied at 0 differ in how far they were pushed
+    assert ((res.scores - 0.5) / 0.02).sub(((res.scores - 0.5) / 0.02).round()).abs().max() < 1e-3  # on the step grid
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"ratios": [0.0]}, "pattern_ratios"),
     ({"ratios": [1.5]}, "pattern_ratios"),

@@ -30,6 +30,7 @@ from classwise.patterns.search import (
     pattern_pixel_count,
     search_patterns,
     stream_seed,
+    tie_counts,
     top_pixels,
     validate_ratios,
 )
@@ -48,13 +49,14 @@ class ClassPattern:
     mask: torch.Tensor  # [1, H, W]
     by_ratio: list[dict]
     candidates: list[dict] = field(default_factory=list)
+    score: torch.Tensor | None = None  # [1, H, W] the search's tie-break score (top_pixels)
 
     @property
     def mask_l1(self) -> float:
         return float(self.mask.sum())
 
     def pixels(self, ratio: float) -> torch.Tensor:
-        return mask_pixels(self.mask, ratio)
+        return mask_pixels(self.mask, ratio, self.score)
 
 
 def check_targets(targets: Sequence[int], num_classes: int) -> list[int]:
@@ -114,7 +116,7 @@ def classwise_patterns(
     chosen: dict[int, int] = {}
     cand_records: dict[int, list[dict]] = {t: [] for t in targets}
     if canvas_cfg.strategy == "best_of_k" and len(flat) > len(targets):
-        pix = torch.stack([top_pixels(result.masks, r) for r in ratios], 1)  # [F, R, 1, H, W]
+        pix = torch.stack([top_pixels(result.masks, r, result.scores) for r in ratios], 1)  # [F, R, 1, H, W]
         f, r_count = pix.shape[:2]
         asr = attack_success_rates(
             model, result.canvases.repeat_interleave(r_count, 0), pix.flatten(0, 1),
@@ -135,9 +137,10 @@ def classwise_patterns(
     rows = [chosen[t] for t in targets]
     canv = result.canvases[rows]  # [K, C, H, W]
     masks = result.masks[rows]  # [K, 1, H, W]
+    scores = result.scores[rows]  # [K, 1, H, W]
     tgt = torch.tensor(targets)
     k_count, r_count = len(targets), len(ratios)
-    pasted = {"pattern": torch.stack([top_pixels(masks, r) for r in ratios], 1)}  # name -> [K, R, 1, H, W]
+    pasted = {"pattern": torch.stack([top_pixels(masks, r, scores) for r in ratios], 1)}  # name -> [K, R, 1, H, W]
     if "random" in baselines:
         pasted["random"] = torch.stack([
             torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
@@ -169,6 +172,7 @@ def classwise_patterns(
     if eval_predictions is None:
         eval_predictions = predict(model, eval_x, eval_forward)
     base = base_rates(eval_predictions, eval_y, tgt)
+    ties = [tie_counts(masks, r) for r in ratios]  # per ratio: ([K] non-zero, [K] decided by the tie-break)
 
     out = []
     for k, t in enumerate(targets):
@@ -176,6 +180,8 @@ def classwise_patterns(
             {
                 "pattern_ratio": r,
                 "pixels": pattern_pixel_count(r, h, w),
+                "nonzero_pixels": int(ties[ri][0][k]),
+                "tie_broken_pixels": int(ties[ri][1][k]),
                 "asr": float(asr[k, 0, ri]),
                 "base_rate": float(base[k]),
                 "baselines": {
@@ -186,6 +192,6 @@ def classwise_patterns(
             for ri, r in enumerate(ratios)
         ]
         i = rows[k]
-        out.append(ClassPattern(t, canvas_pool.split, flat[i][2], canv[k], masks[k], by_ratio, cand_records[t]))
+        out.append(ClassPattern(t, canvas_pool.split, flat[i][2], canv[k], masks[k], by_ratio, cand_records[t], scores[k]))
     return out
 

@@ -40,7 +40,7 @@ def cap_per_class(images: torch.Tensor, labels: torch.Tensor, cap: int | None) -
 
 def _to_record(p: ClassPattern) -> dict[str, Any]:
     return {"class_index": p.class_index, "canvas_split": p.canvas_split, "canvas_index": p.canvas_index,
-            "canvas": p.canvas, "mask": p.mask, "by_ratio": p.by_ratio, "candidates": p.candidates}
+            "canvas": p.canvas, "mask": p.mask, "score": p.score, "by_ratio": p.by_ratio, "candidates": p.candidates}
 
 
 def run_pattern_search(
