@@ -186,3 +186,27 @@ def test_baselines_on_the_planted_patch():
     assert set(b["baselines"]) == {"random", "gradcam", "saliency", "uap_topk", "uap_dense"}
     deltas = targeted_uaps(net, [target], te_x[:400], te_y[:400], UAPConfig(eps=0.05, steps=5), progress=False)
     assert deltas.abs().max() <= 0.05 + 1e-6
+
+
+def test_universal_patch_finds_the_planted_patch():
+    """k free-valued pixels on the same pool: they land on the planted patch and beat random by far."""
+    from classwise.patterns.baselines import PatchConfig, universal_patches
+
+    target, top, left = 3, 9, 4
+    tr_x, tr_y, te_x, te_y = synthetic()
+    model = PlantedPatchModel(1, SIZE, CLASSES, target, top, left, PATCH)
+    pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: tr_x[i])
+    ratio = PATCH * PATCH / SIZE**2
+    values, pixels = universal_patches(model, [target], [ratio], te_x[:400], te_y[:400],
+                                       PatchConfig(steps=60, finetune_steps=20), progress=False)
+    assert values.shape == (1, 1, 1, SIZE, SIZE) and 0 <= values.min() and values.max() <= 1
+    pix = pixels[0, 0, 0]
+    assert pix.sum() == PATCH * PATCH
+    assert pix[top : top + PATCH, left : left + PATCH].sum() / pix.sum() >= 0.8
+    (res,) = classwise_patterns(
+        model, [target], CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:]), [ratio],
+        SearchConfig(steps=5), CanvasConfig(strategy="index"), progress=False, baselines=["random", "universal_patch"],
+        patch_cfg=PatchConfig(steps=60, finetune_steps=20),
+    )
+    b = res.by_ratio[0]["baselines"]
+    assert b["universal_patch"] >= 0.9 and b["universal_patch"] > b["random"] + 0.5

@@ -10,10 +10,12 @@ from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.patterns.baselines import (
+    PatchConfig,
     UAPConfig,
     attribution_map,
     check_baselines,
     targeted_uaps,
+    universal_patches,
     top_k_of_map,
     top_k_of_perturbation,
 )
@@ -81,6 +83,7 @@ def classwise_patterns(
     eval_predictions: torch.Tensor | None = None,
     baselines: Sequence[str] = ("random",),
     uap_cfg: UAPConfig | None = None,
+    patch_cfg: PatchConfig | None = None,
     eval_forward: int | None = None,
 ) -> list[ClassPattern]:
     """Search and evaluate the patterns of `targets` (any subset of classes: a rank's shard).
@@ -169,6 +172,15 @@ def classwise_patterns(
             additive=True, progress=progress, description="evaluating UAPs", max_forward=eval_forward,
         ).view(k_count, 1 + r_count)
         uap_dense, uap_topk = uap_asr[:, 0], uap_asr[:, 1:]
+    patch_asr = None
+    if "universal_patch" in baselines:
+        patch_cfg = patch_cfg or PatchConfig(alpha=search_cfg.alpha, seed=search_cfg.seed)
+        values, patch_pix = universal_patches(model, targets, ratios, search_x, search_y, patch_cfg, progress,
+                                              search_cfg.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
+        patch_asr = attack_success_rates(
+            model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), eval_x, eval_y,
+            progress=progress, description="evaluating universal patches", max_forward=eval_forward,
+        ).view(k_count, r_count)
     if eval_predictions is None:
         eval_predictions = predict(model, eval_x, eval_forward)
     base = base_rates(eval_predictions, eval_y, tgt)
@@ -187,6 +199,7 @@ def classwise_patterns(
                 "baselines": {
                     **{n: float(asr[k, j, ri]) for j, n in enumerate(names) if n != "pattern"},
                     **({"uap_dense": float(uap_dense[k]), "uap_topk": float(uap_topk[k, ri])} if uap_dense is not None else {}),
+                    **({"universal_patch": float(patch_asr[k, ri])} if patch_asr is not None else {}),
                 },
             }
             for ri, r in enumerate(ratios)

@@ -54,6 +54,7 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
         "alpha": search_cfg.alpha, "batch_size": search_cfg.batch_size, "seed": search_cfg.seed,
         "canvas": canvas_cfg.strategy, "canvas_source": canvas_cfg.source, "pattern_ratios": ratios,
         "baselines": other["baselines"], **({"uap_eps": other["uap"].eps} if "uap" in other["baselines"] else {}),
+        **({"universal_patch": vars(other["patch"])} if "universal_patch" in other["baselines"] else {}),
         "pool_size": pool_size, "eval_size": len(eval_y), "seconds": round(seconds, 2), "world_size": world_size,
         "splits_file": str(splits_file.relative_to(run_dir)), "masks_file": "patterns/masks.safetensors",
         "figure": "patterns/grid.png",
@@ -64,7 +65,7 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
 
 
 def _baseline_order(name: str) -> int:
-    order = ["random", "gradcam", "saliency", "uap_topk", "uap_dense"]
+    order = ["random", "gradcam", "saliency", "uap_topk", "uap_dense", "universal_patch"]
     return order.index(name) if name in order else len(order)
 
 

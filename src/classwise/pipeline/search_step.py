@@ -76,6 +76,7 @@ def run_pattern_search(
     patterns = classwise_patterns(
         model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
         progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
+        patch_cfg=other["patch"],
         eval_forward=other["eval_forward"],
     )
     seconds = time.perf_counter() - start
