@@ -11,7 +11,13 @@ from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.patterns.chunking import class_chunks, images_per_pass
-from classwise.patterns.search import OtherClassBatches, as_float, frozen, pattern_pixel_count, top_pixels
+from classwise.patterns.search import (
+    OtherClassBatches,
+    as_float,
+    frozen,
+    pattern_pixel_count,
+    top_pixels,
+)
 from classwise.progress import tqdm
 
 BASELINES = ("random", "gradcam", "saliency", "uap", "universal_patch")

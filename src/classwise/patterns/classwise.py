@@ -15,9 +15,9 @@ from classwise.patterns.baselines import (
     attribution_map,
     check_baselines,
     targeted_uaps,
-    universal_patches,
     top_k_of_map,
     top_k_of_perturbation,
+    universal_patches,
 )
 from classwise.patterns.canvas import (
     CanvasConfig,
