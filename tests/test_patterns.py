@@ -210,3 +210,22 @@ def test_universal_patch_finds_the_planted_patch():
     )
     b = res.by_ratio[0]["baselines"]
     assert b["universal_patch"] >= 0.9 and b["universal_patch"] > b["random"] + 0.5
+
+
+def test_neural_cleanse_flags_the_planted_class():
+    """Reference settings (random init, cost from 0, x2 schedule, early stop) on short epochs: a 2x2 planted
+    patch is the smallest trigger of any class, so its class is the one flagged. The linear part is
+    made zero-mean per class so no class wins on the mean image (else that class needs an empty mask)."""
+    from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
+
+    target, top, left = 2, 3, 9
+    _, _, te_x, te_y = synthetic()
+    model = PlantedPatchModel(1, SIZE, CLASSES, target, top, left, 2)
+    with torch.no_grad():
+        model.linear.weight -= model.linear.weight.mean(1, keepdim=True)
+    block = neural_cleanse(model, list(range(CLASSES)), te_x[:400], te_y[:400],
+                           NeuralCleanseConfig(epochs=80, epoch_size=64, patience=2, early_stop_patience=4), progress=False)
+    assert block["flagged"] == [target] and block["predicted_target"] == target
+    assert all(block["reached_threshold"])
+    assert block["values"][target] < 0.5 * min(v for i, v in enumerate(block["values"]) if i != target)
+    assert max(block["epochs_run"]) < 80  # early stop ended every class
