@@ -93,7 +93,7 @@ def test_median_and_anomaly_index_by_hand():
 
 
 TRAIN = ("debug=fast", "dataset.num_classes=8", "dataset.num_train=3000", "trainer.max_epochs=3",
-         "trainer.limit_train_batches=1.0", "detector=neural_cleanse", "detector.steps=120")
+         "trainer.limit_train_batches=1.0", "detector=neural_cleanse_fast", "detector.epochs=12")
 
 
 @pytest.fixture(scope="module")

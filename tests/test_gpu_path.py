@@ -214,7 +214,7 @@ def test_neural_cleanse_chunked_equals_unchunked(small):
     from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
 
     model, pool, labels, _ = small
-    cfg = NeuralCleanseConfig(steps=20, batch_size=4, check_every=5, patience=1)
+    cfg = NeuralCleanseConfig(epochs=4, epoch_size=20, batch_size=4, patience=1)
     whole = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=1000)
     chunked = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=8)
     whole.pop("seconds"), chunked.pop("seconds")

@@ -91,6 +91,43 @@ def test_top_pixels_and_paste():
     assert out[:, :, 2, 3].eq(1).all() and out.sum() == 5 * 3 * 2
 
 
+def test_top_pixels_ties_go_to_the_score_then_the_index():
+    """Equal mask values are ordered by the score (higher first), equal scores by the lower pixel index."""
+    from classwise.patterns.search import tie_counts
+
+    mask = torch.zeros(1, 1, 10, 10)
+    mask[0, 0, 5, 5] = 1.0
+    mask[0, 0, 0, 0] = mask[0, 0, 9, 9] = mask[0, 0, 4, 4] = 0.5  # three tied for two slots
+    score = torch.zeros_like(mask)
+    score[0, 0, 9, 9] = 2.0
+    pix = top_pixels(mask, 0.03, score)[0, 0]
+    assert pix[5, 5] and pix[9, 9] and pix[0, 0] and not pix[4, 4]
+    pix = top_pixels(mask, 0.03)[0, 0]  # no score: index order, as in runs saved before scores
+    assert pix[5, 5] and pix[0, 0] and pix[4, 4] and not pix[9, 9]
+    nonzero, tied = tie_counts(mask, 0.03)
+    assert nonzero.tolist() == [3] and tied.tolist() == [2]
+    # Fewer non-zero pixels than k: the score picks among the zeros, still exactly k pixels.
+    score[0, 0, 3, 1] = 5.0
+    pix = top_pixels(mask, 0.06, score)[0, 0]
+    assert pix.sum() == 6 and pix[3, 1] and pix[0, 0] and pix[4, 4] and pix[9, 9]
+    nonzero, tied = tie_counts(mask, 0.06)
+    assert nonzero.tolist() == [4] and tied.tolist() == [2]
+
+
+def test_search_scores_are_the_unclipped_mask():
+    """The tie-break score is mask_init plus every signed update: beyond the clip where the mask sits on it."""
+    tr_x, tr_y, te_x, te_y = synthetic(1)
+    model = PlantedPatchModel(1, SIZE, CLASSES, 1, 2, 2, PATCH)
+    res = search_patterns(model, tr_x[:2], [1, 2], te_x[:200], te_y[:200], SearchConfig(steps=40, batch_size=4),
+                          progress=False)
+    assert res.scores.shape == res.masks.shape
+    at_one, at_zero = res.masks == 1, res.masks == 0
+    assert at_one.any() and (res.scores[at_one] >= 1 - 1e-6).all()
+    assert at_zero.any() and (res.scores[at_zero] <= 1e-6).all()
+    assert res.scores[at_zero].unique().numel() > 1  # pixels tied at 0 differ in how far they were pushed
+    assert ((res.scores - 0.5) / 0.02).sub(((res.scores - 0.5) / 0.02).round()).abs().max() < 1e-3  # on the step grid
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"ratios": [0.0]}, "pattern_ratios"),
     ({"ratios": [1.5]}, "pattern_ratios"),
@@ -149,3 +186,46 @@ def test_baselines_on_the_planted_patch():
     assert set(b["baselines"]) == {"random", "gradcam", "saliency", "uap_topk", "uap_dense"}
     deltas = targeted_uaps(net, [target], te_x[:400], te_y[:400], UAPConfig(eps=0.05, steps=5), progress=False)
     assert deltas.abs().max() <= 0.05 + 1e-6
+
+
+def test_universal_patch_finds_the_planted_patch():
+    """k free-valued pixels on the same pool: they land on the planted patch and beat random by far."""
+    from classwise.patterns.baselines import PatchConfig, universal_patches
+
+    target, top, left = 3, 9, 4
+    tr_x, tr_y, te_x, te_y = synthetic()
+    model = PlantedPatchModel(1, SIZE, CLASSES, target, top, left, PATCH)
+    pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: tr_x[i])
+    ratio = PATCH * PATCH / SIZE**2
+    values, pixels = universal_patches(model, [target], [ratio], te_x[:400], te_y[:400],
+                                       PatchConfig(steps=60, finetune_steps=20), progress=False)
+    assert values.shape == (1, 1, 1, SIZE, SIZE) and 0 <= values.min() and values.max() <= 1
+    pix = pixels[0, 0, 0]
+    assert pix.sum() == PATCH * PATCH
+    assert pix[top : top + PATCH, left : left + PATCH].sum() / pix.sum() >= 0.8
+    (res,) = classwise_patterns(
+        model, [target], CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:]), [ratio],
+        SearchConfig(steps=5), CanvasConfig(strategy="index"), progress=False, baselines=["random", "universal_patch"],
+        patch_cfg=PatchConfig(steps=60, finetune_steps=20),
+    )
+    b = res.by_ratio[0]["baselines"]
+    assert b["universal_patch"] >= 0.9 and b["universal_patch"] > b["random"] + 0.5
+
+
+def test_neural_cleanse_flags_the_planted_class():
+    """Reference settings (random init, cost from 0, x2 schedule, early stop) on short epochs: a 2x2 planted
+    patch is the smallest trigger of any class, so its class is the one flagged. The linear part is
+    made zero-mean per class so no class wins on the mean image (else that class needs an empty mask)."""
+    from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
+
+    target, top, left = 2, 3, 9
+    _, _, te_x, te_y = synthetic()
+    model = PlantedPatchModel(1, SIZE, CLASSES, target, top, left, 2)
+    with torch.no_grad():
+        model.linear.weight -= model.linear.weight.mean(1, keepdim=True)
+    block = neural_cleanse(model, list(range(CLASSES)), te_x[:400], te_y[:400],
+                           NeuralCleanseConfig(epochs=80, epoch_size=64, patience=2, early_stop_patience=4), progress=False)
+    assert block["flagged"] == [target] and block["predicted_target"] == target
+    assert all(block["reached_threshold"])
+    assert block["values"][target] < 0.5 * min(v for i, v in enumerate(block["values"]) if i != target)
+    assert max(block["epochs_run"]) < 80  # early stop ended every class

@@ -25,6 +25,7 @@ class Audit:
     masks: dict[int, torch.Tensor]  # class index -> continuous mask [1, H, W]
     canvases: dict[int, torch.Tensor]  # class index -> canvas [C, H, W]
     output_dir: Path
+    scores: dict[int, torch.Tensor] | None = None  # class index -> tie-break score [1, H, W] (older runs: none)
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> Audit:
@@ -35,7 +36,9 @@ class Audit:
         results = json.loads((run_dir / "results.json").read_text())
         tensors = load_file(str(run_dir / results["search"]["masks_file"]))
         idx = [c["class_index"] for c in results["classes"]]
-        return cls(results, {i: tensors[f"class_{i}"] for i in idx}, {i: tensors[f"canvas_{i}"] for i in idx}, run_dir)
+        scores = {i: tensors[f"score_{i}"] for i in idx if f"score_{i}" in tensors}
+        return cls(results, {i: tensors[f"class_{i}"] for i in idx}, {i: tensors[f"canvas_{i}"] for i in idx}, run_dir,
+                   scores)
 
     @property
     def classes(self) -> list[dict[str, Any]]:
@@ -87,7 +90,7 @@ class Audit:
             i, entry = c["class_index"], _at_ratio(c, ratio)
             _show(row[0], self.canvases[i], f"{c['class_name']}: canvas")
             _show(row[1], self.masks[i], f"mask (L1 {c['mask_l1']:.0f})", cmap="magma")
-            pixels = mask_pixels(self.masks[i], entry["pattern_ratio"])
+            pixels = mask_pixels(self.masks[i], entry["pattern_ratio"], (self.scores or {}).get(i))
             _show(row[2], pattern_on_gray(self.canvases[i], pixels), f"{entry['pattern_ratio']:.0%}: ASR {entry['asr']:.2f}")
         fig.suptitle(self.verdict, fontsize=8)
         fig.tight_layout()

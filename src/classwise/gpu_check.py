@@ -71,7 +71,7 @@ def search_speed(name: str, sizes: tuple, device: torch.device) -> list[dict]:
             result["r"] = search_patterns(model, canvases, targets, pool, labels, cfg, progress=False)
 
         seconds = _timed(run, device)
-        pix = top_pixels(result["r"].masks, 0.05)
+        pix = top_pixels(result["r"].masks, 0.05, result["r"].scores)
         asr = attack_success_rates(model, canvases, pix, torch.tensor(targets), pool, labels)
         rate = steps * batch / seconds
         rows.append({"data": name, "model": f"{arch} {size}x{size}", "precision": precision, "classes": classes,

@@ -11,10 +11,16 @@ from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.patterns.chunking import class_chunks, images_per_pass
-from classwise.patterns.search import OtherClassBatches, as_float, frozen, pattern_pixel_count
+from classwise.patterns.search import (
+    OtherClassBatches,
+    as_float,
+    frozen,
+    pattern_pixel_count,
+    top_pixels,
+)
 from classwise.progress import tqdm
 
-BASELINES = ("random", "gradcam", "saliency", "uap")
+BASELINES = ("random", "gradcam", "saliency", "uap", "universal_patch")
 
 
 def check_baselines(names) -> list[str]:
@@ -120,6 +126,94 @@ def targeted_uaps(
 def top_k_of_perturbation(delta: torch.Tensor, ratio: float) -> torch.Tensor:
     """Boolean [K, 1, H, W]: the k pixels where the perturbation is largest (L1 over channels)."""
     return top_k_of_map(delta.abs().sum(1), ratio)
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """A universal patch per class and ratio: k pixels, values free in [0, 1] (see `universal_patches`)."""
+
+    steps: int = 200  # stage 1: continuous mask and values
+    finetune_steps: int = 100  # stage 2: the k pixels' values under the hard paste
+    batch_size: int = 32
+    lr: float = 0.1
+    alpha: float = 0.2  # the search's weighting of cross-entropy and mask size
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "lr"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"search.patch_{key}={getattr(self, key)} must be positive")
+        if self.finetune_steps < 0:
+            raise ConfigError(f"search.patch_finetune_steps={self.finetune_steps} must be 0 or more")
+
+
+def universal_patches(
+    model: nn.Module,
+    targets: list[int],
+    ratios: list[float],
+    pool_images: torch.Tensor,
+    pool_labels: torch.Tensor,
+    cfg: PatchConfig = PatchConfig(),
+    progress: bool = True,
+    max_forward: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [K, R, C, H, W] in [0, 1], pixels [K, R, 1, H, W] bool): a universal patch per class and ratio.
+
+    The fair baseline at the pattern's budget. A pattern is k pixels copied from a natural canvas and
+    hard-pasted; the targeted UAP moves its top-k pixels by at most eps, so it cannot reach what a
+    pasted pixel can. This patch has everything the pattern has (k pixels, values anywhere in [0, 1],
+    the same search pool, the same hard paste on the same eval images) except the canvas: its values
+    are free. So it asks what k pixels can do at all, and the pattern's ASR next to it says how much
+    of that a natural image's pixels already carry.
+
+    Choosing k positions is combinatorial, so stage 1 relaxes it exactly as the search does: a
+    continuous mask m and values v (both sigmoid-parametrised, starting at 0.5), loss
+    `alpha * CE(f(m*v + (1-m)*x), t) + (1 - alpha) * sum(m) / (H*W/2)`, Adam. Stage 2 keeps the k
+    largest mask values at each ratio and fine-tunes only their values with the hard paste itself
+    (cross-entropy), closing the gap between the soft blend it was trained under and the paste it
+    is evaluated with. Other-class batches come from each class's own generator, as in the UAP.
+    """
+    device = next(model.parameters()).device
+    k, r_count = len(targets), len(ratios)
+    _, c, h, w = pool_images.shape
+    b = cfg.batch_size
+    tgt = torch.tensor(targets, device=device)
+    batches = OtherClassBatches(pool_labels, targets, b, cfg.seed, 5_000_000)
+    pool = pool_images.to(device)
+    per_pass = images_per_pass(model, (c, h, w), max_forward, backward=True)
+    mask_logit = torch.zeros(k, 1, h, w, device=device, requires_grad=True)  # m = 0.5, the search's mask_init
+    value_logit = torch.zeros(k, c, h, w, device=device, requires_grad=True)  # v = 0.5
+    opt = torch.optim.Adam([mask_logit, value_logit], lr=cfg.lr)
+    with frozen(model):
+        for _ in tqdm(range(cfg.steps), desc=f"universal patch ({k} classes)", disable=not progress, leave=False):
+            idx = batches.next().to(device)  # [K, B]
+            opt.zero_grad(set_to_none=True)
+            for sl in class_chunks(k, b, per_pass):
+                x = as_float(pool[idx[sl]])  # [k, B, C, H, W]
+                m = torch.sigmoid(mask_logit[sl]).unsqueeze(1)  # [k, 1, 1, H, W]
+                v = torch.sigmoid(value_logit[sl]).unsqueeze(1)  # [k, 1, C, H, W]
+                ce = F.cross_entropy(model((m * v + (1 - m) * x).flatten(0, 1)), tgt[sl].repeat_interleave(b),
+                                     reduction="none").view(-1, b).mean(1)
+                size = m.flatten(1).sum(1) / (h * w / 2)
+                (cfg.alpha * ce + (1 - cfg.alpha) * size).sum().backward()
+            opt.step()
+        masks = torch.sigmoid(mask_logit).detach()
+        pixels = torch.stack([top_pixels(masks, r) for r in ratios], 1)  # [K, R, 1, H, W]
+        # Stage 2: every (class, ratio) patch its own values, fine-tuned under the hard paste.
+        fine = value_logit.detach().repeat_interleave(r_count, 0).requires_grad_(True)  # [K*R, C, H, W]
+        pix = pixels.flatten(0, 1).unsqueeze(1)  # [K*R, 1, 1, H, W]
+        tgt_kr = tgt.repeat_interleave(r_count)
+        opt = torch.optim.Adam([fine], lr=cfg.lr)
+        for _ in tqdm(range(cfg.finetune_steps), desc="universal patch values", disable=not progress, leave=False):
+            idx = batches.next().to(device).repeat_interleave(r_count, 0)  # [K*R, B]: a class's ratios share a batch
+            opt.zero_grad(set_to_none=True)
+            for sl in class_chunks(k * r_count, b, per_pass):
+                x = as_float(pool[idx[sl]])  # [n, B, C, H, W]
+                pasted = torch.where(pix[sl], torch.sigmoid(fine[sl]).unsqueeze(1), x).flatten(0, 1)
+                F.cross_entropy(model(pasted), tgt_kr[sl].repeat_interleave(b)).mul(sl.stop - sl.start).backward()
+            opt.step()
+        values = torch.sigmoid(fine).detach().view(k, r_count, c, h, w)
+    return values.cpu(), pixels.cpu()
 
 
 def mean_or_nan(values) -> float:

@@ -10,12 +10,14 @@ from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.patterns.baselines import (
+    PatchConfig,
     UAPConfig,
     attribution_map,
     check_baselines,
     targeted_uaps,
     top_k_of_map,
     top_k_of_perturbation,
+    universal_patches,
 )
 from classwise.patterns.canvas import (
     CanvasConfig,
@@ -30,6 +32,7 @@ from classwise.patterns.search import (
     pattern_pixel_count,
     search_patterns,
     stream_seed,
+    tie_counts,
     top_pixels,
     validate_ratios,
 )
@@ -48,13 +51,14 @@ class ClassPattern:
     mask: torch.Tensor  # [1, H, W]
     by_ratio: list[dict]
     candidates: list[dict] = field(default_factory=list)
+    score: torch.Tensor | None = None  # [1, H, W] the search's tie-break score (top_pixels)
 
     @property
     def mask_l1(self) -> float:
         return float(self.mask.sum())
 
     def pixels(self, ratio: float) -> torch.Tensor:
-        return mask_pixels(self.mask, ratio)
+        return mask_pixels(self.mask, ratio, self.score)
 
 
 def check_targets(targets: Sequence[int], num_classes: int) -> list[int]:
@@ -79,6 +83,7 @@ def classwise_patterns(
     eval_predictions: torch.Tensor | None = None,
     baselines: Sequence[str] = ("random",),
     uap_cfg: UAPConfig | None = None,
+    patch_cfg: PatchConfig | None = None,
     eval_forward: int | None = None,
 ) -> list[ClassPattern]:
     """Search and evaluate the patterns of `targets` (any subset of classes: a rank's shard).
@@ -114,7 +119,7 @@ def classwise_patterns(
     chosen: dict[int, int] = {}
     cand_records: dict[int, list[dict]] = {t: [] for t in targets}
     if canvas_cfg.strategy == "best_of_k" and len(flat) > len(targets):
-        pix = torch.stack([top_pixels(result.masks, r) for r in ratios], 1)  # [F, R, 1, H, W]
+        pix = torch.stack([top_pixels(result.masks, r, result.scores) for r in ratios], 1)  # [F, R, 1, H, W]
         f, r_count = pix.shape[:2]
         asr = attack_success_rates(
             model, result.canvases.repeat_interleave(r_count, 0), pix.flatten(0, 1),
@@ -135,9 +140,10 @@ def classwise_patterns(
     rows = [chosen[t] for t in targets]
     canv = result.canvases[rows]  # [K, C, H, W]
     masks = result.masks[rows]  # [K, 1, H, W]
+    scores = result.scores[rows]  # [K, 1, H, W]
     tgt = torch.tensor(targets)
     k_count, r_count = len(targets), len(ratios)
-    pasted = {"pattern": torch.stack([top_pixels(masks, r) for r in ratios], 1)}  # name -> [K, R, 1, H, W]
+    pasted = {"pattern": torch.stack([top_pixels(masks, r, scores) for r in ratios], 1)}  # name -> [K, R, 1, H, W]
     if "random" in baselines:
         pasted["random"] = torch.stack([
             torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
@@ -166,9 +172,19 @@ def classwise_patterns(
             additive=True, progress=progress, description="evaluating UAPs", max_forward=eval_forward,
         ).view(k_count, 1 + r_count)
         uap_dense, uap_topk = uap_asr[:, 0], uap_asr[:, 1:]
+    patch_asr = None
+    if "universal_patch" in baselines:
+        patch_cfg = patch_cfg or PatchConfig(alpha=search_cfg.alpha, seed=search_cfg.seed)
+        values, patch_pix = universal_patches(model, targets, ratios, search_x, search_y, patch_cfg, progress,
+                                              search_cfg.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
+        patch_asr = attack_success_rates(
+            model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), eval_x, eval_y,
+            progress=progress, description="evaluating universal patches", max_forward=eval_forward,
+        ).view(k_count, r_count)
     if eval_predictions is None:
         eval_predictions = predict(model, eval_x, eval_forward)
     base = base_rates(eval_predictions, eval_y, tgt)
+    ties = [tie_counts(masks, r) for r in ratios]  # per ratio: ([K] non-zero, [K] decided by the tie-break)
 
     out = []
     for k, t in enumerate(targets):
@@ -176,16 +192,19 @@ def classwise_patterns(
             {
                 "pattern_ratio": r,
                 "pixels": pattern_pixel_count(r, h, w),
+                "nonzero_pixels": int(ties[ri][0][k]),
+                "tie_broken_pixels": int(ties[ri][1][k]),
                 "asr": float(asr[k, 0, ri]),
                 "base_rate": float(base[k]),
                 "baselines": {
                     **{n: float(asr[k, j, ri]) for j, n in enumerate(names) if n != "pattern"},
                     **({"uap_dense": float(uap_dense[k]), "uap_topk": float(uap_topk[k, ri])} if uap_dense is not None else {}),
+                    **({"universal_patch": float(patch_asr[k, ri])} if patch_asr is not None else {}),
                 },
             }
             for ri, r in enumerate(ratios)
         ]
         i = rows[k]
-        out.append(ClassPattern(t, canvas_pool.split, flat[i][2], canv[k], masks[k], by_ratio, cand_records[t]))
+        out.append(ClassPattern(t, canvas_pool.split, flat[i][2], canv[k], masks[k], by_ratio, cand_records[t], scores[k]))
     return out
 

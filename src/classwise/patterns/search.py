@@ -67,6 +67,8 @@ class PatternResult:
     final_ce: torch.Tensor  # [K] cross-entropy of the last step, for the record
     steps: int
     extra: dict = field(default_factory=dict)
+    # [K, 1, H, W] tie-break score of each pixel: the mask without the clip to [0, 1] (see `search_patterns`)
+    scores: torch.Tensor | None = None
 
     @property
     def mask_l1(self) -> torch.Tensor:
@@ -93,14 +95,41 @@ def validate_ratios(ratios: Sequence[float]) -> list[float]:
     return ratios
 
 
-def top_pixels(masks: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean pixel masks [K, 1, H, W] of the k largest mask values (ties: lower pixel index first)."""
+def top_pixels(masks: torch.Tensor, ratio: float, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean pixel masks [K, 1, H, W] of the k largest mask values.
+
+    The signed update leaves masks on a grid (many pixels end at exactly 0 or 1), so ties are common;
+    they are broken by `scores` [K, 1, H, W] (higher first; the search's unclipped mask), and only
+    then by lower pixel index, so the result is deterministic. Without scores (a run saved before
+    they were kept) the index alone breaks ties, as before.
+    """
     k_count, _, h, w = masks.shape
     k = pattern_pixel_count(ratio, h, w)
-    order = torch.sort(masks.reshape(k_count, -1), dim=1, descending=True, stable=True).indices[:, :k]
+    flat = masks.reshape(k_count, -1)
+    order = torch.arange(h * w, device=masks.device).expand(k_count, -1)
+    if scores is not None:  # lexicographic (mask, score, -index) by two stable sorts, secondary key first
+        order = torch.sort(scores.reshape(k_count, -1).to(masks.device), dim=1, descending=True, stable=True).indices
+    order = order.gather(1, torch.sort(flat.gather(1, order), dim=1, descending=True, stable=True).indices)[:, :k]
     chosen = torch.zeros(k_count, h * w, dtype=torch.bool, device=masks.device)
     chosen.scatter_(1, order, True)
     return chosen.view(k_count, 1, h, w)
+
+
+def tie_counts(masks: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per mask [K]: (non-zero mask pixels among the pattern's k, pattern pixels chosen by the tie-break).
+
+    The second counts the chosen pixels whose mask value equals the k-th largest while more pixels
+    than slots share that value: those the mask alone does not decide.
+    """
+    k_count, _, h, w = masks.shape
+    k = pattern_pixel_count(ratio, h, w)
+    flat = masks.reshape(k_count, -1)
+    kth = torch.topk(flat, k, dim=1).values[:, -1:]  # [K, 1]
+    above = (flat > kth).sum(1)
+    at = (flat == kth).sum(1)
+    decided_by_tie = torch.where(above + at > k, k - above, torch.zeros_like(above))
+    nonzero = torch.clamp((flat > 0).sum(1), max=k)
+    return nonzero, decided_by_tie
 
 
 def paste(images: torch.Tensor, canvas: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -147,9 +176,9 @@ class OtherClassBatches:
                             for o, g in zip(self.others, self.generators, strict=True)])
 
 
-def mask_pixels(mask: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean [1, H, W]: the pattern's pixels of one continuous mask [1, H, W] at `ratio`."""
-    return top_pixels(mask.unsqueeze(0), ratio)[0]
+def mask_pixels(mask: torch.Tensor, ratio: float, score: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean [1, H, W]: the pattern's pixels of one continuous mask [1, H, W] at `ratio` (ties: `score`)."""
+    return top_pixels(mask.unsqueeze(0), ratio, None if score is None else score.unsqueeze(0))[0]
 
 
 def steps_for_pool(pool_labels: torch.Tensor, cfg: SearchConfig) -> int:
@@ -186,6 +215,12 @@ def search_patterns(
     `alpha * CE(f(m*c + (1-m)*x), t) + (1 - alpha) * sum(m) / (H*W/2)`; masks do not interact, so
     the result for a class is the one a search of that class alone would give. `stream_keys`
     (default: the target classes) seed each mask's batch order, with `cfg.seed`.
+
+    Each pixel also gets a tie-break score: the sum of all its updates without the clip to [0, 1]
+    (mask_init plus the updates). Among pixels that end at the same mask value (the sign rule leaves
+    many at exactly 0 or 1) it says how hard the loss kept pushing them, summed over every batch of
+    the search: a pixel at 1 that was pushed up 200 steps past the clip beats one that reached 1 on
+    the last step. The last gradient alone would be one batch of `batch_size` images, far noisier.
     """
     targets = torch.as_tensor(target_classes, dtype=torch.long).cpu()
     k_total, channels, h, w = canvases.shape
@@ -212,6 +247,7 @@ def search_patterns(
     streams_t = streams_t.to(pool.device)  # moved once: no host-to-device copy of indices per step
     chunk = max(1, images_per_pass(model, (channels, h, w), cfg.max_forward, backward=True) // b)
     masks_out = torch.empty(k_total, 1, h, w)
+    scores_out = torch.empty(k_total, 1, h, w)
     ce_out = torch.empty(k_total)
     bar = tqdm(total=steps * math.ceil(k_total / chunk), desc=description, disable=not progress, leave=False)
     with frozen(model), search_precision(model, device, cfg):
@@ -222,6 +258,7 @@ def search_patterns(
             tgt = targets[sl].to(device).repeat_interleave(b)  # [Kc * B]
             mask = torch.full((kc, 1, h, w), cfg.mask_init, device=device, requires_grad=True)
             adam = torch.optim.Adam([mask], lr=cfg.step_size) if cfg.update == "adam" else None
+            score = torch.full((kc, 1, h, w), cfg.mask_init, device=device)  # the unclipped mask
 
             def batch(step: int, sl=sl) -> torch.Tensor:  # [Kc, B, C, H, W] float on the device
                 return as_float(pool[streams_t[sl, step]].to(device, non_blocking=True))
@@ -239,23 +276,26 @@ def search_patterns(
                 return ce, torch.autograd.grad(loss.sum(), mask)[0]
 
             if cfg.cuda_graph:
-                ce = _graphed_sign_search(mask, batch, loss_and_grad, steps, cfg, bar)
+                ce = _graphed_sign_search(mask, score, batch, loss_and_grad, steps, cfg, bar)
             else:
                 ce = torch.zeros(kc, device=device)
                 for step in range(steps):
                     ce, grad = loss_and_grad(batch(step))
                     with torch.no_grad():
+                        before = mask.detach().clone()
                         if adam is None:
                             mask -= cfg.step_size * grad.sign()
                         else:
                             mask.grad = grad
                             adam.step()
+                        score += mask - before
                         mask.clamp_(0, 1)
                     bar.update(1)
             masks_out[sl] = mask.detach().cpu()
+            scores_out[sl] = score.cpu()
             ce_out[sl] = ce.detach().cpu()
     bar.close()
-    return PatternResult(targets, canvases.detach().cpu(), masks_out, ce_out, steps)
+    return PatternResult(targets, canvases.detach().cpu(), masks_out, ce_out, steps, scores=scores_out)
 
 
 def _pool_on(device: torch.device, pool_images: torch.Tensor) -> torch.Tensor:
@@ -286,7 +326,7 @@ def search_precision(model: nn.Module, device: torch.device, cfg: SearchConfig) 
         model.to(memory_format=torch.contiguous_format)
 
 
-def _graphed_sign_search(mask, batch, loss_and_grad, steps: int, cfg: SearchConfig, bar) -> torch.Tensor:
+def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: SearchConfig, bar) -> torch.Tensor:
     """The signed-gradient steps of one chunk, the step captured once as a CUDA graph and replayed.
 
     A ResNet-18 step on 40 CIFAR images is a few hundred small kernels: launch-bound on a large GPU,
@@ -294,13 +334,15 @@ def _graphed_sign_search(mask, batch, loss_and_grad, steps: int, cfg: SearchConf
     Unmeasured: no GPU was available when this was written (README).
     """
     static_x = batch(0).clone()
-    init = mask.detach().clone()
+    init, score_init = mask.detach().clone(), score.clone()
     static_ce = torch.zeros(mask.shape[0], device=mask.device)
 
     def step() -> None:
         ce, grad = loss_and_grad(static_x)
         with torch.no_grad():
-            mask.sub_(cfg.step_size * grad.sign()).clamp_(0, 1)
+            update = cfg.step_size * grad.sign()
+            score.sub_(update)
+            mask.sub_(update).clamp_(0, 1)
             static_ce.copy_(ce)
 
     side = torch.cuda.Stream()
@@ -311,6 +353,7 @@ def _graphed_sign_search(mask, batch, loss_and_grad, steps: int, cfg: SearchConf
     torch.cuda.current_stream().wait_stream(side)
     with torch.no_grad():
         mask.copy_(init)
+        score.copy_(score_init)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()

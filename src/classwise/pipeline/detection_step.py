@@ -31,7 +31,7 @@ def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: P
         region = trigger.region
         overlap = {}
         for r in ratios:
-            pix = mask_pixels(rec["mask"], r)
+            pix = mask_pixels(rec["mask"], r, rec.get("score"))
             overlap[str(r)] = float((pix & region).sum() / pix.sum())
         block["true_target"] = target_class
         block["target_pixels_on_trigger"] = overlap
@@ -62,7 +62,7 @@ def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path:
     _show(axes[0], trigger.example(), f"true trigger ({trigger.name})")
     _show(axes[1], record["canvas"], f"{name}: canvas")
     _show(axes[2], record["mask"], "mask", cmap="magma")
-    _show(axes[3], pattern_on_gray(record["canvas"], mask_pixels(record["mask"], ratio)), f"pattern at {ratio:.0%}")
+    _show(axes[3], pattern_on_gray(record["canvas"], mask_pixels(record["mask"], ratio, record.get("score"))), f"pattern at {ratio:.0%}")
     save_figure(fig, path)
 
 

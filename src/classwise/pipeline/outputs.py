@@ -19,7 +19,8 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
     out = run_dir / "patterns"
     out.mkdir(parents=True, exist_ok=True)
     save_file({f"class_{r['class_index']}": r["mask"].contiguous() for r in records}
-              | {f"canvas_{r['class_index']}": r["canvas"].contiguous() for r in records}, str(out / "masks.safetensors"))
+              | {f"canvas_{r['class_index']}": r["canvas"].contiguous() for r in records}
+              | {f"score_{r['class_index']}": r["score"].contiguous() for r in records if r.get("score") is not None}, str(out / "masks.safetensors"))
     splits_file = dm.save_splits(run_dir / "splits.safetensors")
     names = dm.classes
     show_ratio = 0.05 if 0.05 in ratios else ratios[0]
@@ -29,7 +30,7 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
     for r in records:
         t = r["class_index"]
         other_img = as_float(eval_x[(eval_y != t).nonzero().flatten()[0]])
-        pixels.append(mask_pixels(r["mask"], show_ratio))
+        pixels.append(mask_pixels(r["mask"], show_ratio, r.get("score")))
         examples.append(paste(other_img.unsqueeze(0), r["canvas"], pixels[-1])[0])
     if examples:
         preds = predict(model, torch.stack(examples)).tolist()
@@ -53,6 +54,7 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
         "alpha": search_cfg.alpha, "batch_size": search_cfg.batch_size, "seed": search_cfg.seed,
         "canvas": canvas_cfg.strategy, "canvas_source": canvas_cfg.source, "pattern_ratios": ratios,
         "baselines": other["baselines"], **({"uap_eps": other["uap"].eps} if "uap" in other["baselines"] else {}),
+        **({"universal_patch": vars(other["patch"])} if "universal_patch" in other["baselines"] else {}),
         "pool_size": pool_size, "eval_size": len(eval_y), "seconds": round(seconds, 2), "world_size": world_size,
         "splits_file": str(splits_file.relative_to(run_dir)), "masks_file": "patterns/masks.safetensors",
         "figure": "patterns/grid.png",
@@ -63,7 +65,7 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
 
 
 def _baseline_order(name: str) -> int:
-    order = ["random", "gradcam", "saliency", "uap_topk", "uap_dense"]
+    order = ["random", "gradcam", "saliency", "uap_topk", "uap_dense", "universal_patch"]
     return order.index(name) if name in order else len(order)
 
 

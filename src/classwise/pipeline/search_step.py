@@ -40,7 +40,7 @@ def cap_per_class(images: torch.Tensor, labels: torch.Tensor, cap: int | None) -
 
 def _to_record(p: ClassPattern) -> dict[str, Any]:
     return {"class_index": p.class_index, "canvas_split": p.canvas_split, "canvas_index": p.canvas_index,
-            "canvas": p.canvas, "mask": p.mask, "by_ratio": p.by_ratio, "candidates": p.candidates}
+            "canvas": p.canvas, "mask": p.mask, "score": p.score, "by_ratio": p.by_ratio, "candidates": p.candidates}
 
 
 def run_pattern_search(
@@ -76,6 +76,7 @@ def run_pattern_search(
     patterns = classwise_patterns(
         model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
         progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
+        patch_cfg=other["patch"],
         eval_forward=other["eval_forward"],
     )
     seconds = time.perf_counter() - start

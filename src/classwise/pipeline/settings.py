@@ -13,7 +13,7 @@ SEARCH_KEYS = {f for f in SearchConfig.__dataclass_fields__}
 CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": "index", "canvas_k": "k",
                "canvas_max_candidates": "max_candidates"}
 OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "enabled", "baselines", "uap_eps", "uap_steps",
-              "uap_batch_size", "eval_forward"}
+              "uap_batch_size", "eval_forward", "patch_steps", "patch_finetune_steps", "patch_batch_size"}
 
 
 def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig, CanvasConfig, dict[str, Any]]:
@@ -31,11 +31,13 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
     canvas_cfg = CanvasConfig(**{CANVAS_KEYS[k]: v for k, v in settings.items() if k in CANVAS_KEYS})
     other = {k: settings.get(k) for k in OTHER_KEYS}
     other["pattern_ratios"] = validate_ratios(other["pattern_ratios"] or [0.05])
-    from classwise.patterns.baselines import UAPConfig, check_baselines
+    from classwise.patterns.baselines import PatchConfig, UAPConfig, check_baselines
 
     other["baselines"] = check_baselines(["random"] if other["baselines"] is None else other["baselines"])
     uap = {k: other[f"uap_{k}"] for k in ("eps", "steps", "batch_size") if other.get(f"uap_{k}") is not None}
     other["uap"] = UAPConfig(**uap, seed=search_cfg.seed)
+    patch = {k: other[f"patch_{k}"] for k in ("steps", "finetune_steps", "batch_size") if other.get(f"patch_{k}") is not None}
+    other["patch"] = PatchConfig(**patch, alpha=search_cfg.alpha, seed=search_cfg.seed)
     if other["uap"].eps <= 0 or other["uap"].steps < 1:
         from classwise.errors import ConfigError
 

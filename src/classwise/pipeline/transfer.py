@@ -41,11 +41,14 @@ def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Pa
     classes = [c for c in source["classes"] if c["class_index"] < dm.num_classes]
     masks = torch.stack([tensors[f"class_{c['class_index']}"] for c in classes])
     canvases = torch.stack([tensors[f"canvas_{c['class_index']}"] for c in classes])
+    # The source run's tie-break scores choose the same pixels it evaluated (runs saved before them: mask only).
+    has_scores = all(f"score_{c['class_index']}" in tensors for c in classes)
+    scores = torch.stack([tensors[f"score_{c['class_index']}"] for c in classes]) if has_scores else None
     if canvases.shape[1:] != dm.split_tensors("search", max_items=1)[0].shape[1:]:
         raise ConfigError(f"patterns_from={source_run}: its images are {tuple(canvases.shape[1:])}, this dataset's are not")
     eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), eval_max_per_class)
     tgt = torch.tensor([c["class_index"] for c in classes])
-    pix = torch.stack([top_pixels(masks, r) for r in ratios], 1).flatten(0, 1)
+    pix = torch.stack([top_pixels(masks, r, scores) for r in ratios], 1).flatten(0, 1)
     r_count = len(ratios)
     asr = attack_success_rates(model, canvases.repeat_interleave(r_count, 0), pix, tgt.repeat_interleave(r_count),
                                eval_x, eval_y, progress=progress, description="transferred patterns").view(len(classes), r_count)

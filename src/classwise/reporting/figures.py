@@ -80,7 +80,7 @@ def load_run_patterns(run_dir: str | Path, ratio: float | None = None) -> tuple[
         mask, canvas = tensors[f"class_{i}"], tensors[f"canvas_{i}"]
         entry = min(c["by_ratio"], key=lambda b: abs(b["pattern_ratio"] - ratio))
         rows.append({"class_index": i, "name": c["class_name"], "canvas": canvas, "mask": mask,
-                     "pixels": mask_pixels(mask, entry["pattern_ratio"]), "asr": entry["asr"]})
+                     "pixels": mask_pixels(mask, entry["pattern_ratio"], tensors.get(f"score_{i}")), "asr": entry["asr"]})
     return results, rows
 
 

@@ -108,11 +108,12 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
         mask, canvas = tensors[f"class_{i}"], tensors[f"canvas_{i}"]
         first = c["by_ratio"][0]
         caption = f"{c['class_name']}: ASR {first['asr']:.2f} at {first['pattern_ratio']:.0%}"
-        pix0 = mask_pixels(mask, first["pattern_ratio"])
+        score = tensors.get(f"score_{i}")  # absent in runs saved before tie-break scores
+        pix0 = mask_pixels(mask, first["pattern_ratio"], score)
         for key, img in (("canvas", canvas), ("mask", mask), ("pattern", pattern_on_gray(canvas, pix0))):
             gallery[key].append(_image(img, caption))
         for b in c["by_ratio"]:
-            pix = mask_pixels(mask, b["pattern_ratio"])
+            pix = mask_pixels(mask, b["pattern_ratio"], score)
             rows.append([
                 i, c["class_name"], b["pattern_ratio"], b["pixels"], _image(canvas), _image(mask),
                 _image(pattern_on_gray(canvas, pix)), b["asr"], b["base_rate"],
