@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classwise.attacks.pgd import pgd, robust_accuracy
+from classwise.attacks.pgd import AdversarialTraining, pgd, robust_accuracy
 from classwise.data.synthetic import make_synthetic
 from tests.conftest import read_json
 
@@ -27,6 +27,59 @@ def trained_model():
             opt.step()
     opt.zero_grad(set_to_none=True)
     return model.eval(), te_x, te_y
+
+
+class _BNNet(torch.nn.Module):
+    """Conv + BatchNorm; records the batch norm's mode at every forward, raises on call `fail_at`."""
+
+    def __init__(self, fail_at: int | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn, self.fc = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Linear(4 * 64, 3)
+        self.modes: list[bool] = []
+        self.fail_at = fail_at
+
+    def forward(self, x):
+        self.modes.append(self.bn.training)
+        if self.fail_at is not None and len(self.modes) >= self.fail_at:
+            raise RuntimeError("forward failed")
+        return self.fc(F.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _bn_batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("start_training", [True, False])
+def test_training_attack_runs_in_train_mode_and_restores_mode_and_statistics(start_training):
+    model = _BNNet().train(start_training)
+    x, y = _bn_batch()
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    adv = AdversarialTraining(method="pgd", eps=0.1, step_size=0.05, steps=3).training_examples(model, x, y)
+    assert model.modes == [True] * 3  # every attack forward saw batch statistics, as in the training step
+    assert model.training is start_training and model.bn.training is start_training
+    assert all(torch.equal(b, before[k]) for k, b in model.named_buffers())  # running stats untouched
+    assert (adv - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_evaluation_attack_runs_in_eval_mode_and_restores_train_mode():
+    model = _BNNet().train()
+    x, y = _bn_batch()
+    pgd(model, x, y, eps=0.1, step_size=0.05, steps=2)
+    assert model.modes == [False, False] and model.training and model.bn.training
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("start_training", [True, False])
+def test_attack_restores_mode_and_statistics_when_the_forward_raises(mode, start_training):
+    model = _BNNet(fail_at=2).train(start_training)
+    x, y = _bn_batch()
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    with pytest.raises(RuntimeError, match="forward failed"):
+        pgd(model, x, y, eps=0.1, step_size=0.05, steps=3, mode=mode)
+    assert model.training is start_training and model.bn.training is start_training
+    assert all(torch.equal(b, before[k]) for k, b in model.named_buffers())
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])

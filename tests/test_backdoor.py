@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from classwise.data.poisoning import Poisoner
 from classwise.data.sources import TensorImages
 from classwise.data.triggers import SIG, BadNets, Blend, Trojan
 from classwise.errors import ConfigError
-from classwise.patterns.detection import anomaly_indices, detect, median
+from classwise.patterns.detection import anomaly_indices, detect, median, pattern_detection
 from tests.conftest import read_json
 
 
@@ -89,7 +89,79 @@ def test_median_and_anomaly_index_by_hand():
     block = detect([1, 2, 4, 5, 6, 30], "x", "large")
     assert block["flagged"] == [5] and block["predicted_target"] == 5
     assert detect([1, 2, 4, 5, 6, 30], "x", "small")["flagged"] == []
-    assert detect([math.log(v) for v in (6, 47, 60, 80, 90, 100, 110, 120, 140, 151)], "log", "small")["flagged"] == [0]
+
+
+# Masks of 8 classes: class 2 small (a trigger-like pattern), the others spread multiplicatively.
+L1 = [60.0, 90.0, 5.0, 45.0, 150.0, 70.0, 110.0, 80.0]
+WORKS = [0.6, 0.7, 0.99, 0.55, 0.8, 0.65, 0.9, 0.75]
+
+
+def test_working_small_pattern_is_flagged_by_both_statistics():
+    block = pattern_detection(L1, WORKS, gate_ratio=0.05)
+    assert block["primary"] == "log_mask_l1" and set(block["statistics"]) == {"log_mask_l1", "mask_l1"}
+    assert {k: block[k] for k in block["statistics"]["log_mask_l1"]} == block["statistics"]["log_mask_l1"]
+    assert block["flagged"] == [2] and block["predicted_target"] == 2 and block["not_scored"] == []
+    assert block["asr_gate"] == {"threshold": 0.5, "pattern_ratio": 0.05, "asr": WORKS}
+    assert block["statistics"]["mask_l1"]["predicted_target"] == 2
+
+
+def test_pattern_below_the_asr_gate_is_not_scored_and_never_flagged():
+    asr = list(WORKS)
+    asr[2] = 0.3  # the small mask does not work: it is not a trigger
+    block = pattern_detection(L1, asr)
+    for stat in block["statistics"].values():
+        assert stat["not_scored"] == [2] and stat["anomaly_index"][2] is None and 2 not in stat["flagged"]
+    # the gate is what keeps it out: with the gate at 0.3 it is scored and flagged
+    assert pattern_detection(L1, asr, asr_gate=0.3)["flagged"] == [2]
+
+
+@pytest.mark.parametrize("asr_gate", [0.5, 0.0])
+def test_collapsed_search_is_never_flagged(asr_gate):
+    """An empty mask (L1 0, ASR 0) is the smallest of all; it must not be named the target, even ungated."""
+    l1, asr = [0.0, *L1[:2], *L1[3:]], [0.0, *WORKS[:2], *WORKS[3:]]
+    block = pattern_detection(l1, asr, asr_gate=asr_gate)
+    for stat in block["statistics"].values():
+        assert 0 in stat["not_scored"] and stat["flagged"] == [] and stat["predicted_target"] is None
+
+
+def test_fewer_than_three_working_patterns_flag_nothing():
+    asr = [0.0] * len(L1)
+    asr[2] = asr[4] = 0.9
+    block = pattern_detection(L1, asr)
+    assert block["flagged"] == [] and block["anomaly_index"] == [None] * len(L1) and block["median"] is None
+    assert sorted(block["not_scored"]) == [0, 1, 3, 5, 6, 7]
+
+
+def test_detection_step_gates_on_the_held_out_asr_and_writes_both_statistics(tmp_path):
+    """The pipeline's detection reads the ASR at the gate ratio from the records; an empty mask is not scored."""
+    from classwise.pipeline.detection_step import run_detection
+
+    records = []
+    for c, (l1, asr) in enumerate(zip([0.0, *L1[1:]], [0.0, *WORKS[1:]], strict=True)):
+        mask = torch.zeros(1, 10, 10)
+        mask.view(-1)[: int(l1)] = 1.0
+        records.append({"class_index": c, "mask": mask,
+                        "by_ratio": [{"pattern_ratio": 0.01, "asr": 0.0}, {"pattern_ratio": 0.05, "asr": asr}]})
+    dm = SimpleNamespace(classes=[f"class {c}" for c in range(8)])
+    run_detection(None, dm, records, None, None, [0.01, 0.05], tmp_path, {}, None, None, False)
+    det = read_json(tmp_path / "results.json")["detection"]
+    assert det["asr_gate"]["pattern_ratio"] == 0.05 and det["not_scored"] == [0]
+    assert det["flagged"] == [2] and det["statistics"]["mask_l1"]["not_scored"] == [0]
+    # gated at 1%, where nothing works: nothing is scored, nothing flagged
+    run_detection(None, dm, records, None, None, [0.01, 0.05], tmp_path, {}, None, None, False, gate_ratio=0.01)
+    det = read_json(tmp_path / "results.json")["detection"]
+    assert det["flagged"] == [] and len(det["not_scored"]) == 8
+
+
+def test_detection_gate_settings_are_checked_before_compute():
+    from classwise.errors import ConfigError
+    from classwise.pipeline.settings import parse_settings
+
+    with pytest.raises(ConfigError, match="detection_gate_ratio"):
+        parse_settings({"pattern_ratios": [0.01, 0.05], "detection_gate_ratio": 0.02})
+    with pytest.raises(ConfigError, match="detection_asr_gate"):
+        parse_settings({"detection_asr_gate": 1.5})
+    assert parse_settings({"pattern_ratios": [0.01, 0.05]})[2]["detection_gate_ratio"] == 0.05
 
 
 TRAIN = ("debug=fast", "dataset.num_classes=8", "dataset.num_train=3000", "trainer.max_epochs=3",
@@ -119,9 +191,10 @@ def test_detection_flags_the_target_and_not_a_clean_model(backdoor_and_clean):
     bd, clean, _ = backdoor_and_clean
     d = bd["detection"]
     target_index = d["anomaly_index"][3]
-    assert d["predicted_target"] == 3 and target_index > 2 and target_index == max(d["anomaly_index"])
+    scored = [a for a in d["anomaly_index"] if a is not None]
+    assert d["predicted_target"] == 3 and target_index > 2 and target_index == max(scored)
     assert d["target_pixels_on_trigger"]["0.05"] >= 0.5
-    assert max(clean["detection"]["anomaly_index"]) < target_index
+    assert max((a for a in clean["detection"]["anomaly_index"] if a is not None), default=0) < target_index
     nc_bd = bd["detection_baselines"]["neural_cleanse"]
     nc_clean = clean["detection_baselines"]["neural_cleanse"]
     assert nc_bd["predicted_target"] == 3

@@ -13,6 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from classwise.errors import ConfigError
 from classwise.launch import register_resolvers
+from classwise.reporting.runs import FAILED
 
 register_resolvers()  # hydra/default.yaml's run folder needs it before Hydra composes
 # The configs inside the package: in a checkout a link to the top-level conf/ (where users read and
@@ -76,7 +77,10 @@ def cli_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if _in_multirun():
+                _output_dir().joinpath(FAILED).unlink(missing_ok=True)  # an earlier failure of this job, now fixed
+            return result
         except Exception as exc:
             cause = _config_error_in(exc)
             if cause is None and _in_multirun():
@@ -86,19 +90,48 @@ def cli_errors(fn):
 
                 logging.getLogger(fn.__module__).error("job failed: %r", exc)
                 try:
-                    from hydra.core.hydra_config import HydraConfig
-
-                    out = Path(HydraConfig.get().runtime.output_dir)
-                    (out / "FAILED").write_text(traceback.format_exc())
+                    # First line: the error in one line (what classwise-report lists); then the traceback.
+                    summary = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+                    _output_dir().joinpath(FAILED).write_text(f"{summary}\n\n{traceback.format_exc()}")
                 except Exception:  # noqa: BLE001 - recording the failure must not fail the sweep
                     pass
-                return None
+                return None  # FailedJobs makes the whole multirun exit non-zero at its end
             if cause is None:
                 raise
             print(f"{Path(sys.argv[0]).name}: error: {cause}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra is a dependency; keeps config.py importable without it
+    _HydraCallback = object
+
+
+class FailedJobs(_HydraCallback):
+    """Hydra callback (conf/hydra/default.yaml): a multirun with a failed job exits with status 1.
+
+    `cli_errors` lets the other jobs of a sweep run and leaves a FAILED file in the failed job's
+    folder; at the end of the multirun (in the launching process, whatever the launcher) this lists
+    the FAILED files written since the multirun started and exits non-zero if there are any.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import time
+
+        self.started = time.time() - 1.0  # file times may be coarser than the clock
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        started = getattr(self, "started", 0.0)
+        failed = sorted(p.parent for p in sweep.rglob(FAILED) if p.stat().st_mtime >= started)
+        if failed:
+            print(f"{len(failed)} job(s) of this multirun failed (traceback in each folder's {FAILED}):", file=sys.stderr)
+            for folder in failed:
+                print(f"  {folder}", file=sys.stderr)
+            sys.exit(1)
 
 
 def _config_error_in(exc: BaseException | None) -> ConfigError | None:
@@ -109,6 +142,12 @@ def _config_error_in(exc: BaseException | None) -> ConfigError | None:
             return exc
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
+
+
+def _output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
 
 
 def _in_multirun() -> bool:

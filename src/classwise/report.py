@@ -3,7 +3,8 @@
 FOLDER is a Hydra sweep folder (multirun/...), a single run, or any folder of runs. Writes into DIR
 (default FOLDER/report):
 
-  per_class / summary / detection / accuracy  .md .tex .csv   the tables
+  per_class / summary / detection / accuracy / failed  .md .tex .csv   the tables (failed: sweep jobs
+                                                               that failed, also printed as FAILED)
   asr_vs_ratio.png                                             mean ASR against the pattern ratio
   pattern_grid_<run>.png                                       each run's patterns/grid.png (a copy)
   gallery/index.html, gallery/img/<run>/...                    every run's patterns, filterable
@@ -19,7 +20,7 @@ from classwise.reporting.formats import write_tables
 from classwise.reporting.gallery import write_gallery
 from classwise.reporting.plots import asr_vs_ratio, copy_pattern_grids
 from classwise.reporting.runs import Run, find_runs
-from classwise.reporting.tables import build_tables
+from classwise.reporting.tables import build_tables, is_failed_without_results
 
 
 def make_report(root: str | Path, out: str | Path | None = None,
@@ -31,9 +32,10 @@ def make_report(root: str | Path, out: str | Path | None = None,
         runs = find_runs(root, exclude=[out])
     out.mkdir(parents=True, exist_ok=True)
     written = write_tables(build_tables(runs), out)
-    written.append(asr_vs_ratio(runs, out / "asr_vs_ratio.png"))
-    written += copy_pattern_grids(runs, out)
-    written.append(write_gallery(runs, out, root=root))
+    with_results = [r for r in runs if not is_failed_without_results(r)]
+    written.append(asr_vs_ratio(with_results, out / "asr_vs_ratio.png"))
+    written += copy_pattern_grids(with_results, out)
+    written.append(write_gallery(with_results, out, root=root))
     return runs, written
 
 
@@ -52,13 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else args.folder / "report"
     runs = find_runs(args.folder, exclude=[out])
     if not runs:
-        print(f"classwise-report: no results.json under {args.folder}", file=sys.stderr)
+        print(f"classwise-report: no results.json (or FAILED job) under {args.folder}", file=sys.stderr)
         return 1
     runs, written = make_report(args.folder, out, runs)
     print(f"classwise-report: {len(runs)} runs ({sum(r.has_classes for r in runs)} with class-wise patterns) "
           f"-> {out}")
     for path in written:
         print(f"  {path}")
+    failed = [r for r in runs if r.failed is not None]
+    if failed:
+        print(f"FAILED: {len(failed)} job(s) (traceback in each folder's FAILED file)")
+        for run in failed:
+            print(f"  {run.run_id}: {run.failed}")
     return 0
 
 

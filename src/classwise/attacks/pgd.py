@@ -9,6 +9,7 @@ from torch import nn
 from classwise.errors import ConfigError
 
 NORMS = ("linf", "l2")
+MODES = ("eval", "train")
 
 
 def _l2_normalise(v: torch.Tensor) -> torch.Tensor:
@@ -32,18 +33,38 @@ def pgd(
     norm: str = "linf",
     random_start: bool = True,
     generator: torch.Generator | None = None,
+    mode: str = "eval",
 ) -> torch.Tensor:
     """Untargeted PGD examples for (x, y): maximise cross-entropy inside the eps-ball and [0, 1].
 
-    The model runs in eval mode (batch norm statistics untouched) and no gradient reaches its
-    weights; works inside Lightning's inference mode too (gradients are re-enabled here).
+    `mode`: `eval` for evaluation attacks (the deployed function: batch norm on running
+    statistics, no dropout); `train` for adversarial training, which must attack the function
+    being trained (batch norm on the batch's own statistics, as in the training step). In `train`
+    mode the running statistics are put back afterwards, so only the training step's own forward
+    moves them. The model's mode is restored in `finally`, also when the attack raises. No
+    gradient reaches the weights; works inside Lightning's inference mode too.
     """
+    if mode not in MODES:
+        raise ConfigError(f"attack mode={mode!r} is unknown; accepted: {', '.join(MODES)}")
     if norm not in NORMS:
         raise ConfigError(f"attack norm={norm!r} is unknown; accepted: {', '.join(NORMS)}")
     if eps < 0 or step_size < 0 or steps < 0:
         raise ConfigError(f"attack eps={eps}, step_size={step_size}, steps={steps} must be >= 0")
     was_training = model.training
-    model.eval()
+    model.train(mode == "train")
+    # Batch-norm running statistics (and counters) to put back after a train-mode attack.
+    saved = {k: b.clone() for k, b in model.named_buffers()} if mode == "train" else {}
+    try:
+        return _pgd_steps(model, x, y, eps, step_size, steps, norm, random_start, generator)
+    finally:
+        if saved:
+            with torch.no_grad():
+                for k, b in model.named_buffers():
+                    b.copy_(saved[k])
+        model.train(was_training)
+
+
+def _pgd_steps(model, x, y, eps, step_size, steps, norm, random_start, generator) -> torch.Tensor:
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone()
         y = y.detach().clone()
@@ -63,7 +84,6 @@ def pgd(
                 step = grad.sign() if norm == "linf" else _l2_normalise(grad)
                 delta = _project(delta + step_size * step, eps, norm)
                 delta = (x + delta).clamp(0, 1) - x
-        model.train(was_training)
         return (x + delta).detach()
 
 
@@ -118,9 +138,9 @@ class AdversarialTraining:
         self.seed = seed
 
     def training_examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.method == "fgsm_rs":
-            return pgd(model, x, y, self.eps, self.fgsm_step, 1, self.norm, True, self.generator)
-        return pgd(model, x, y, self.eps, self.step_size, self.steps, self.norm, True, self.generator)
+        """The attack on the function being trained: train mode (see `pgd`'s `mode`)."""
+        step, steps = (self.fgsm_step, 1) if self.method == "fgsm_rs" else (self.step_size, self.steps)
+        return pgd(model, x, y, self.eps, step, steps, self.norm, True, self.generator, mode="train")
 
     def attack_settings(self) -> dict:
         return {"norm": self.norm, "eps": self.eps, "step_size": self.eval_step_size, "steps": self.eval_steps,

@@ -8,6 +8,12 @@ from typing import Any
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of a normal distribution
 THRESHOLD = 2.0
+# A pattern enters our statistic only if it works: held-out ASR at the gate ratio >= ASR_GATE (see
+# `pattern_detection`; the README's backdoor section argues the value on held-out runs).
+ASR_GATE = 0.5
+MIN_SCORED = 3  # a median and a MAD of fewer values measure nothing
+EMPTY_MASK_L1 = 1e-6
+PRIMARY = "log_mask_l1"
 
 
 def median(values: Sequence[float]) -> float:
@@ -37,34 +43,67 @@ def detect(
     suspicious: str = "small",
     threshold: float = THRESHOLD,
     class_indices: Sequence[int] | None = None,
+    scored: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
     """The detection block of results.json: flagged classes are beyond `threshold` on the suspicious side.
 
+    Only classes with `scored` true (all when None) enter the median and MAD and can be flagged; the
+    others are listed in `not_scored` with anomaly index None. With fewer than `MIN_SCORED` scored
+    classes there is no spread to measure against: no index, nothing flagged.
     `predicted_target` is the flagged class with the highest index, or None.
     """
     if suspicious not in ("small", "large"):
         raise ValueError(f"suspicious={suspicious!r}; accepted: small, large")
     classes = list(class_indices) if class_indices is not None else list(range(len(values)))
-    med = median(values)
-    idx = anomaly_indices(values)
+    keep = [True] * len(values) if scored is None else [bool(k) for k in scored]
+    if not len(classes) == len(keep) == len(values):
+        raise ValueError(f"{len(values)} values, {len(classes)} classes, {len(keep)} scored flags; accepted: equal lengths")
+    in_stat = [float(v) for v, k in zip(values, keep, strict=True) if k]
+    idx: list[float | None] = [None] * len(values)
+    med = None
+    if len(in_stat) >= MIN_SCORED:
+        med = median(in_stat)
+        it = iter(anomaly_indices(in_stat))
+        idx = [next(it) if k else None for k in keep]
     flagged = [
         c for c, v, a in zip(classes, values, idx, strict=True)
-        if a > threshold and ((v < med) if suspicious == "small" else (v > med))
+        if a is not None and a > threshold and ((v < med) if suspicious == "small" else (v > med))
     ]
     predicted = max(flagged, key=lambda c: idx[classes.index(c)]) if flagged else None
     return {
         "statistic": statistic, "suspicious_side": suspicious, "threshold": threshold,
         "classes": classes, "values": [float(v) for v in values], "median": med,
-        "anomaly_index": [float(a) for a in idx], "flagged": flagged, "predicted_target": predicted,
+        "anomaly_index": [None if a is None else float(a) for a in idx],
+        "not_scored": [c for c, k in zip(classes, keep, strict=True) if not k],
+        "flagged": flagged, "predicted_target": predicted,
     }
 
 
-def pattern_detection(mask_l1: Sequence[float], class_indices: Sequence[int] | None = None) -> dict[str, Any]:
-    """Our detector: anomaly index of log(mask L1), small side.
+def pattern_detection(
+    mask_l1: Sequence[float],
+    asr: Sequence[float],
+    class_indices: Sequence[int] | None = None,
+    asr_gate: float = ASR_GATE,
+    gate_ratio: float | None = None,
+) -> dict[str, Any]:
+    """Our detector: MAD anomaly index of the mask L1, small side, over the patterns that work.
 
-    Why the log: a planted trigger's mask is several times smaller than the others' (measured here:
-    6 against 47-151), and the masks of clean classes spread multiplicatively; on raw L1 the spread
-    of the large masks inflates the MAD so much that the target's index stays under 2, on the log
-    it stands out (see the README's backdoor section for the measured indices).
+    The gate: a class is scored only if its pattern's held-out ASR (at `gate_ratio`) reaches
+    `asr_gate`, and its mask is not empty. A backdoor is a small pattern that *works*; a search that
+    collapsed (empty mask, ASR near 0) has the smallest L1 of all and, ungated, would be named the
+    target. Two statistics, both recorded under `statistics`: `log_mask_l1` (primary; its fields
+    are also the block's top level) and `mask_l1` (raw). Why the log is primary: the clean masks
+    spread multiplicatively, and on the raw L1 the few large masks inflate the MAD (see the
+    README's backdoor section for both indices on held-out runs).
     """
-    return detect([math.log(max(v, 1e-6)) for v in mask_l1], "log_mask_l1", "small", class_indices=class_indices)
+    classes = list(class_indices) if class_indices is not None else list(range(len(mask_l1)))
+    if len(asr) != len(mask_l1):
+        raise ValueError(f"{len(mask_l1)} mask L1 values but {len(asr)} ASRs; accepted: one of each per class")
+    scored = [a >= asr_gate and m > EMPTY_MASK_L1 for m, a in zip(mask_l1, asr, strict=True)]
+    stats = {
+        "log_mask_l1": detect([math.log(max(v, EMPTY_MASK_L1)) for v in mask_l1], "log_mask_l1", "small",
+                              class_indices=classes, scored=scored),
+        "mask_l1": detect(list(mask_l1), "mask_l1", "small", class_indices=classes, scored=scored),
+    }
+    return {**stats[PRIMARY], "primary": PRIMARY, "statistics": stats,
+            "asr_gate": {"threshold": asr_gate, "pattern_ratio": gate_ratio, "asr": [float(a) for a in asr]}}

@@ -10,14 +10,19 @@ from classwise.reporting.results import update_results
 
 
 def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path, detector: dict, trigger,
-               target_class, progress) -> dict[str, Any]:
-    """Our detection on every searched class (3 or more), Neural Cleanse beside it if asked, trigger figure."""
-    from classwise.patterns.detection import pattern_detection
+               target_class, progress, asr_gate: float | None = None, gate_ratio: float | None = None) -> dict[str, Any]:
+    """Our detection over the searched classes whose pattern works (3 or more searched), Neural Cleanse
+    beside it if asked, trigger figure. The gate: held-out ASR at `gate_ratio` (default: the largest
+    ratio) >= `asr_gate` (default `detection.ASR_GATE`)."""
+    from classwise.patterns.detection import ASR_GATE, pattern_detection
 
     if len(records) < 3:
         return {}
     classes = [r["class_index"] for r in records]
-    block = pattern_detection([float(r["mask"].sum()) for r in records], classes)
+    gate_ratio = max(ratios) if gate_ratio is None else gate_ratio
+    gate_asr = [next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == gate_ratio) for r in records]
+    block = pattern_detection([float(r["mask"].sum()) for r in records], gate_asr, classes,
+                              ASR_GATE if asr_gate is None else asr_gate, gate_ratio)
     block["seconds"] = None
     sections: dict[str, Any] = {"detection": block}
     if detector.get("name") == "neural_cleanse":
@@ -37,8 +42,12 @@ def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: P
         block["target_pixels_on_trigger"] = overlap
         _trigger_figure(trigger, rec, dm.classes[target_class], ratios, run_dir / "patterns" / "trigger_vs_pattern.png")
     update_results(run_dir, **sections)
-    print(f"detection (log mask L1, MAD index > 2): flagged {_named(block['flagged'], dm.classes)}; "
-          f"predicted target {_named([block['predicted_target']], dm.classes)}")
+    gate = block["asr_gate"]
+    raw = block["statistics"]["mask_l1"]
+    print(f"detection (log mask L1, MAD index > 2, classes with ASR >= {gate['threshold']} at {gate['pattern_ratio']:.0%}): "
+          f"flagged {_named(block['flagged'], dm.classes)}; "
+          f"predicted target {_named([block['predicted_target']], dm.classes)}; "
+          f"not scored {_named(block['not_scored'], dm.classes)}; raw mask L1 flags {_named(raw['flagged'], dm.classes)}")
     if "detection_baselines" in sections:
         nc = sections["detection_baselines"]["neural_cleanse"]
         print(f"neural cleanse: flagged {_named(nc['flagged'], dm.classes)}; "

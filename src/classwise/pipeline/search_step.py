@@ -91,7 +91,7 @@ def run_pattern_search(
     summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
                     (eval_x, eval_y), Path(run_dir), logger)
     summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, Path(run_dir), detector or {},
-                              trigger, target_class, progress))
+                              trigger, target_class, progress, other["detection_asr_gate"], other["detection_gate_ratio"]))
     return summary
 
 

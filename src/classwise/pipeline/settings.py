@@ -14,6 +14,7 @@ CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": 
                "canvas_max_candidates": "max_candidates"}
 OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "enabled", "baselines", "uap_eps", "uap_steps",
               "uap_batch_size", "eval_forward", "patch_steps", "patch_finetune_steps", "patch_batch_size"}
+OTHER_KEYS |= {"detection_asr_gate", "detection_gate_ratio"}  # our detector's gate (patterns/detection.py)
 
 
 def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig, CanvasConfig, dict[str, Any]]:
@@ -42,6 +43,23 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
         from classwise.errors import ConfigError
 
         raise ConfigError(f"search.uap_eps={other['uap'].eps} and search.uap_steps={other['uap'].steps} must be positive")
+    _check_gate(other)
     return search_cfg, canvas_cfg, other
+
+
+def _check_gate(other: dict[str, Any]) -> None:
+    """Detection gate: ASR in [0, 1] (default 0.5) at one of the searched ratios (default: the largest)."""
+    from classwise.errors import ConfigError
+    from classwise.patterns.detection import ASR_GATE
+
+    gate = ASR_GATE if other.get("detection_asr_gate") is None else other["detection_asr_gate"]
+    if not isinstance(gate, (int, float)) or not 0 <= gate <= 1:
+        raise ConfigError(f"search.detection_asr_gate={gate} is not an ASR; accepted: a number in [0, 1]")
+    ratio = other.get("detection_gate_ratio")
+    ratio = max(other["pattern_ratios"]) if ratio is None else ratio
+    if ratio not in other["pattern_ratios"]:
+        raise ConfigError(f"search.detection_gate_ratio={ratio} is not searched; accepted: one of "
+                          f"search.pattern_ratios {other['pattern_ratios']} (or null: the largest)")
+    other["detection_asr_gate"], other["detection_gate_ratio"] = float(gate), ratio
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from classwise.reporting.results import RESULTS_FILE
 
+FAILED = "FAILED"  # written by classwise.config.cli_errors into a failed sweep job's folder
+
 
 @dataclass
 class Run:
@@ -26,6 +28,7 @@ class Run:
     slug: str
     dir: Path
     data: dict[str, Any] = field(default_factory=dict)
+    failed: str | None = None  # a failed sweep job: the first line of its FAILED file (the error)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -78,20 +81,25 @@ def slugify(text: str) -> str:
 
 
 def find_runs(root: str | Path, exclude: Sequence[str | Path] = ()) -> list[Run]:
-    """Every `results.json` under `root` (the root itself included), sorted by folder, unreadable ones skipped."""
+    """Every `results.json` under `root` (the root itself included), sorted by folder, unreadable ones skipped;
+    also every failed sweep job (a folder with a FAILED file, with or without results), `failed` set."""
     root = Path(root).resolve()
     excluded = [Path(e).resolve() for e in exclude]
-    paths = sorted(root.rglob(RESULTS_FILE), key=lambda p: natural_key(p.relative_to(root).as_posix()))
+    paths = sorted({p.parent / RESULTS_FILE for p in (*root.rglob(RESULTS_FILE), *root.rglob(FAILED))},
+                   key=lambda p: natural_key(p.relative_to(root).as_posix()))
     runs: list[Run] = []
     used: set[str] = set()
     for path in paths:
-        if not path.is_file() or any(path.resolve().is_relative_to(e) for e in excluded):
+        if any(path.resolve().is_relative_to(e) for e in excluded):
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            print(f"classwise-report: skipping {path}: {err}", file=sys.stderr)
-            continue
+        failed = _failure(path.parent / FAILED)
+        data: Any = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                print(f"classwise-report: skipping {path}: {err}", file=sys.stderr)
+                continue
         if not isinstance(data, dict):
             print(f"classwise-report: skipping {path}: not a JSON object", file=sys.stderr)
             continue
@@ -102,8 +110,16 @@ def find_runs(root: str | Path, exclude: Sequence[str | Path] = ()) -> list[Run]
         while slug in used:
             slug, n = f"{base}_{n}", n + 1
         used.add(slug)
-        runs.append(Run(run_id=run_id, slug=slug, dir=path.parent, data=data))
+        runs.append(Run(run_id=run_id, slug=slug, dir=path.parent, data=data, failed=failed))
     return runs
+
+
+def _failure(path: Path) -> str | None:
+    """The first line of a FAILED file (the error in one line), or None when the job did not fail."""
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[0].strip() if lines else "failed"
 
 
 def as_number(value: Any) -> float | None:

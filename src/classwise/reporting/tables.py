@@ -149,15 +149,29 @@ def accuracy_table(runs: Sequence[Run]) -> Table:
     return Table("accuracy", "Clean and robust (PGD) test accuracy", columns, rows)
 
 
+def failed_table(runs: Sequence[Run]) -> Table:
+    columns = ["run", "dataset", "model", "setting", "error"]
+    rows = [{"run": run.run_id, "dataset": run.dataset, "model": run.model, "setting": run.setting,
+             "error": run.failed} for run in runs if run.failed is not None]
+    return Table("failed", "Sweep jobs that failed (the traceback is the job folder's FAILED file)", columns, rows)
+
+
 # A new table is one function of the runs, registered here (the order is the report's order).
 TABLES: dict[str, Callable[[Sequence[Run]], Table]] = {
     "per_class": per_class_table,
     "summary": summary_table,
     "detection": detection_table,
     "accuracy": accuracy_table,
+    "failed": failed_table,
 }
 TABLE_NAMES = tuple(TABLES)
 
 
 def build_tables(runs: Sequence[Run]) -> list[Table]:
-    return [make(runs) for make in TABLES.values()]
+    """Every registered table; a failed job without results is only in the `failed` table."""
+    with_results = [r for r in runs if not is_failed_without_results(r)]
+    return [make(runs if name == "failed" else with_results) for name, make in TABLES.items()]
+
+
+def is_failed_without_results(run: Run) -> bool:
+    return run.failed is not None and not run.data
