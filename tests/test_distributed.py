@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 from tests.conftest import read_json, run_cli
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true")
+# Neural Cleanse on a tiny budget, so the sharded detector is compared too.
+NC = ("detector=neural_cleanse_fast", "detector.epochs=2", "detector.epoch_size=32")
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,9 @@ def test_sharded_search_equals_one_process(ten_class_run, devices):
     root = ten_class_run
     single = root / "single"
     if not (single / "results.json").exists():
-        run_cli("search", "debug=fast", f"checkpoint={root / 'train'}", root=root, run_dir=single)
+        run_cli("search", "debug=fast", *NC, f"checkpoint={root / 'train'}", root=root, run_dir=single)
     multi = root / f"ddp{devices}"
-    run_cli("search", "debug=fast", *DDP, f"trainer.devices={devices}", f"checkpoint={root / 'train'}", root=root,
+    run_cli("search", "debug=fast", *NC, *DDP, f"trainer.devices={devices}", f"checkpoint={root / 'train'}", root=root,
             run_dir=multi)
     one, one_classes = _classes(single)
     many, many_classes = _classes(multi)
@@ -39,6 +41,9 @@ def test_sharded_search_equals_one_process(ten_class_run, devices):
     for a, b in zip(one["classes"], many["classes"], strict=True):
         assert a["canvas_index"] == b["canvas_index"]
         assert a["by_ratio"][0]["asr"] == pytest.approx(b["by_ratio"][0]["asr"], abs=1e-6)
+    nc1, nc2 = (r["detection_baselines"]["neural_cleanse"] for r in (one, many))
+    assert nc1["classes"] == nc2["classes"] == list(range(10))
+    assert nc1["values"] == pytest.approx(nc2["values"], abs=1e-4) and nc1["flagged"] == nc2["flagged"]
     m1 = load_file(str(single / "patterns" / "masks.safetensors"))
     m2 = load_file(str(multi / "patterns" / "masks.safetensors"))
     assert all(torch.allclose(m1[k], m2[k], atol=1e-5) for k in m1)

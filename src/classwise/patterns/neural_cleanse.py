@@ -52,12 +52,43 @@ class NeuralCleanseConfig:
                 raise ConfigError(f"detector.{key}={getattr(self, key)} must be positive")
 
 
+def nc_config(detector: dict[str, Any], seed: int) -> NeuralCleanseConfig:
+    """The config from the `detector` group (its `name` key dropped) and the run's seed."""
+    return NeuralCleanseConfig(**{k: v for k, v in detector.items() if k != "name"}, seed=seed)
+
+
 def _tanh_space(x: torch.Tensor) -> torch.Tensor:
     """The logits a with (tanh(a) + 1) / 2 = x, x in [0, 1] kept off the ends (the reference's epsilon)."""
     return torch.atanh((x - 0.5) * (2 - 1e-7))
 
 
 def neural_cleanse(
+    model: nn.Module,
+    targets: list[int],
+    pool_images: torch.Tensor,
+    pool_labels: torch.Tensor,
+    cfg: NeuralCleanseConfig = NeuralCleanseConfig(),
+    progress: bool = True,
+    max_forward: int | None = None,
+) -> dict[str, Any]:
+    """Neural Cleanse's detection block over `targets` (one process): `neural_cleanse_masks` then `nc_detection`."""
+    return nc_detection(neural_cleanse_masks(model, targets, pool_images, pool_labels, cfg, progress, max_forward), cfg)
+
+
+def nc_detection(per_class: dict[str, Any], cfg: NeuralCleanseConfig) -> dict[str, Any]:
+    """The anomaly-index block from per-class results (those of several ranks concatenated, in any order)."""
+    order = sorted(range(len(per_class["classes"])), key=lambda i: per_class["classes"][i])
+    pick = {k: [per_class[k][i] for i in order] for k in ("classes", "l1", "reached_threshold", "epochs_run")}
+    block = detect(pick["l1"], "neural_cleanse_mask_l1", "small", class_indices=pick["classes"])
+    block["reached_threshold"] = pick["reached_threshold"]
+    block["epochs_run"] = pick["epochs_run"]
+    block["settings"] = {"epochs": cfg.epochs, "epoch_size": cfg.epoch_size, "cost_multiplier": cfg.cost_multiplier,
+                         "init": cfg.init, "early_stop": cfg.early_stop}
+    block["seconds"] = per_class["seconds"]
+    return block
+
+
+def neural_cleanse_masks(
     model: nn.Module,
     targets: list[int],
     pool_images: torch.Tensor,
@@ -75,6 +106,10 @@ def neural_cleanse(
     the threshold (of its last mask if none did), small side.
     A step passes the active classes in chunks of at most `max_forward` images (null: from memory);
     the gradients accumulate before one Adam step, so chunks do not change the result.
+    Every class has its own init, batch stream and schedule, so a class's result does not depend on
+    which classes share the call: ranks can each take a share and concatenate (`nc_detection`).
+    Returns per class (in `targets` order): `classes`, `l1` (used for detection), `reached_threshold`,
+    `epochs_run`, and the call's `seconds`.
     """
     device = next(model.parameters()).device
     k = len(targets)
@@ -163,10 +198,5 @@ def neural_cleanse(
         final_l1 = ((torch.tanh(a) + 1) / 2).flatten(1).sum(1).detach().cpu()
     bar.close()
     l1_used = torch.where(torch.isinf(best_l1), final_l1, best_l1)
-    block = detect(l1_used.tolist(), "neural_cleanse_mask_l1", "small", class_indices=targets)
-    block["reached_threshold"] = (~torch.isinf(best_l1)).tolist()
-    block["epochs_run"] = epochs_run.tolist()
-    block["settings"] = {"epochs": cfg.epochs, "epoch_size": cfg.epoch_size, "cost_multiplier": cfg.cost_multiplier,
-                         "init": cfg.init, "early_stop": cfg.early_stop}
-    block["seconds"] = round(time.perf_counter() - start, 2)
-    return block
+    return {"classes": list(targets), "l1": l1_used.tolist(), "reached_threshold": (~torch.isinf(best_l1)).tolist(),
+            "epochs_run": epochs_run.tolist(), "seconds": round(time.perf_counter() - start, 2)}

@@ -10,7 +10,8 @@ from classwise.reporting.results import update_results
 
 
 def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path, detector: dict, trigger,
-               target_class, progress, asr_gate: float | None = None, gate_ratio: float | None = None) -> dict[str, Any]:
+               target_class, progress, asr_gate: float | None = None, gate_ratio: float | None = None,
+                  nc_per_class: dict[str, Any] | None = None) -> dict[str, Any]:
     """Our detection over the searched classes whose pattern works (3 or more searched), Neural Cleanse
     beside it if asked, trigger figure. The gate: held-out ASR at `gate_ratio` (default: the largest
     ratio) >= `asr_gate` (default `detection.ASR_GATE`)."""
@@ -26,11 +27,12 @@ def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: P
     block["seconds"] = None
     sections: dict[str, Any] = {"detection": block}
     if detector.get("name") == "neural_cleanse":
-        from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
+        from classwise.patterns.neural_cleanse import nc_config, nc_detection, neural_cleanse_masks
 
-        nc_cfg = NeuralCleanseConfig(**{k: v for k, v in detector.items() if k != "name"}, seed=search_cfg.seed)
-        sections["detection_baselines"] = {"neural_cleanse": neural_cleanse(model, classes, *search_set, nc_cfg, progress,
-                                                                                search_cfg.max_forward)}
+        nc_cfg = nc_config(detector, search_cfg.seed)
+        if nc_per_class is None:  # not run by the ranks beforehand: run it here on every searched class
+            nc_per_class = neural_cleanse_masks(model, classes, *search_set, nc_cfg, progress, search_cfg.max_forward)
+        sections["detection_baselines"] = {"neural_cleanse": nc_detection(nc_per_class, nc_cfg)}
     if trigger is not None and target_class is not None and target_class in classes:
         rec = records[classes.index(target_class)]
         region = trigger.region

@@ -81,17 +81,36 @@ def run_pattern_search(
     )
     seconds = time.perf_counter() - start
     records = [_to_record(p) for p in patterns]
+    # Neural Cleanse is sharded like the search: each rank reverse-engineers its own classes' triggers.
+    nc = _neural_cleanse_share(model, mine, search_set, search_cfg, detector or {}, progress and rank == 0,
+                               len(all_targets))
     if gather is not None:
-        gathered = gather((records, seconds))
+        gathered = gather((records, seconds, nc))
         if rank != 0:
             return None
-        records = [r for part, _ in gathered for r in part]
-        seconds = max(s for _, s in gathered)
+        records = [r for part, _, _ in gathered for r in part]
+        seconds = max(s for _, s, _ in gathered)
+        shares = [n for _, _, n in gathered if n is not None]
+        nc = None if not shares else {
+            **{k: [v for n in shares for v in n[k]] for k in ("classes", "l1", "reached_threshold", "epochs_run")},
+            "seconds": max(n["seconds"] for n in shares),
+        }
     records.sort(key=lambda r: r["class_index"])
     summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
                     (eval_x, eval_y), Path(run_dir), logger)
     summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, Path(run_dir), detector or {},
-                              trigger, target_class, progress, other["detection_asr_gate"], other["detection_gate_ratio"]))
+                              trigger, target_class, progress, other["detection_asr_gate"], other["detection_gate_ratio"],
+                              nc_per_class=nc))
     return summary
+
+
+def _neural_cleanse_share(model, classes, search_set, search_cfg, detector: dict, progress: bool, n_total: int):
+    """This rank's Neural Cleanse masks, when the detector is asked for and detection will run (3+ classes)."""
+    if detector.get("name") != "neural_cleanse" or n_total < 3 or not classes:
+        return None
+    from classwise.patterns.neural_cleanse import nc_config, neural_cleanse_masks
+
+    return neural_cleanse_masks(model, list(classes), *search_set, nc_config(detector, search_cfg.seed), progress,
+                                search_cfg.max_forward)
 
 
