@@ -47,6 +47,13 @@ sweep: install data ## the cpu_demo sweep: natural vs BadNets on Fashion-MNIST, 
 report: install ## tables, plots and gallery of a sweep (SWEEP=outputs/sweeps/cpu_demo)
 	$(BIN)/classwise-report $(or $(SWEEP),outputs/sweeps/cpu_demo)
 
+claims: install data ## the paper's claims, 3 seeds on Fashion-MNIST (18 jobs + 3 transfers, 2 CPU cores; resumable)
+	$(BIN)/classwise-train experiment=paper_claims $(ARGS)
+	BIN=$(BIN) experiments/paper_claims_transfer.sh
+
+claims-report: install ## tables over seeds, claims.md, plots, gallery of the claims sweep
+	$(BIN)/classwise-report outputs/sweeps/paper_claims
+
 bench: install ## search throughput and batched-vs-loop speedup (prints a table)
 	$(BIN)/python -m classwise.bench
 
@@ -60,4 +67,4 @@ clean: ## remove caches and run outputs (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache outputs/*/ src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install data run test test-slow sweep report bench gpu-check lint clean
+.PHONY: help install data run test test-slow sweep report claims claims-report bench gpu-check lint clean

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from classwise.config import conf_dir, validate
 from classwise.errors import ConfigError
 
-GROUPS = ["dataset", "model", "setting", "trainer", "logger", "callbacks", "search", "debug", "experiment"]
+GROUPS = ["dataset", "model", "setting", "trainer", "logger", "callbacks", "search", "debug", "experiment", "claim"]
 
 
 def options(group: str) -> list[str]:
@@ -75,3 +75,11 @@ def test_validation_names_the_key(override, key):
 def test_audit_model_options_are_checked_before_compute(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_train(*overrides, name="search"))
+
+
+def test_paper_claims_moves_the_backdoor_target_with_the_seed():
+    targets = [compose_train("experiment=paper_claims", "claim=blend", f"seed={s}").setting.poisoner.target_class
+               for s in (0, 1, 2)]
+    assert targets == [1, 4, 7]
+    adv = compose_train("experiment=paper_claims", "claim=adversarial")
+    assert adv.setting.adversary.method == "fgsm_rs" and adv.detector.name == "neural_cleanse"

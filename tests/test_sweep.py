@@ -4,24 +4,94 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import statistics
+
+import pytest
 
 from tests.conftest import run_cli
 
+SWEEP_ARGS = ("--multirun", "debug=fast", "seed=0,1", "search.pattern_ratios=[0.02,0.05]")
 
-def test_two_job_sweep_then_report_then_resume(tmp_path):
-    sweep = tmp_path / "sweep"
-    args = ("--multirun", "debug=fast", "seed=0,1", f"hydra.sweep.dir={sweep}")
-    run_cli("train", *args, root=tmp_path)
+
+@pytest.fixture(scope="module")
+def two_seed_sweep(tmp_path_factory):
+    """A 2-seed sweep through the real CLI and its report: (root, sweep folder, report folder)."""
+    root = tmp_path_factory.mktemp("sweep2")
+    sweep = root / "sweep"
+    run_cli("train", *SWEEP_ARGS, f"hydra.sweep.dir={sweep}", root=root)
+    run_cli("report", str(sweep), "--out", str(root / "report"), root=root)
+    return root, sweep, root / "report"
+
+
+def _csv_rows(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _by_hand(values):
+    """Mean and 95% t half-width of two numbers: t_{0.975,1} = 12.7062 (tables), sd / sqrt(2)."""
+    assert len(values) == 2
+    return statistics.fmean(values), 12.7062047 * statistics.stdev(values) / math.sqrt(2)
+
+
+def _class_mean(results, ratio, key):
+    vals = []
+    for c in results["classes"]:
+        e = next(b for b in c["by_ratio"] if b["pattern_ratio"] == ratio)
+        vals.append(e[key] if key in e else e["baselines"][key])
+    return statistics.fmean(vals)
+
+
+def test_two_job_sweep_then_report_then_resume(two_seed_sweep):
+    tmp_path, sweep, report = two_seed_sweep
     results = sorted(sweep.rglob("results.json"))
     assert len(results) == 2
     assert {json.loads(p.read_text())["run"]["seed"] for p in results} == {0, 1}
-    again = run_cli("train", *args, root=tmp_path)
+    again = run_cli("train", *SWEEP_ARGS, f"hydra.sweep.dir={sweep}", root=tmp_path)
     assert again.stdout.count("skipped:") == 2
-    run_cli("report", str(sweep), "--out", str(tmp_path / "report"), root=tmp_path)
-    summary = (tmp_path / "report" / "summary.md").read_text()
+    summary = (report / "summary.md").read_text()
     assert "seed=0" in summary and "seed=1" in summary
-    assert (tmp_path / "report" / "gallery" / "index.html").exists()
-    assert (tmp_path / "report" / "asr_vs_ratio.png").exists()
+    assert (report / "gallery" / "index.html").exists()
+    assert (report / "asr_vs_ratio.png").exists()
+
+
+def test_seed_aggregation_and_claims_by_hand(two_seed_sweep):
+    _, sweep, report = two_seed_sweep
+    runs = [json.loads(p.read_text()) for p in sorted(sweep.rglob("results.json"))]
+    # Every class and ratio carries the "simpler" number of claim 4.
+    assert all(isinstance(e["components"], int) and e["components"] >= 1
+               for r in runs for c in r["classes"] for e in c["by_ratio"])
+    assert all(c["mask_tv"] > 0 for r in runs for c in r["classes"])
+    # Summary over seeds: one row (the two seeds of one configuration), mean and interval by hand.
+    (row,) = _csv_rows(report / "summary_seeds.csv")
+    assert row["n"] == "2"
+    mean, half = _by_hand([_class_mean(r, 0.05, "asr") for r in runs])
+    assert float(row["mean_asr@0.05"]) == pytest.approx(mean, abs=1e-9)
+    assert float(row["mean_asr@0.05_ci95"]) == pytest.approx(half, rel=1e-5)
+    assert row["mean_asr@0.05_n"] == "2"
+    # Per class: one row per class, class 1's ASR at 2% by hand.
+    rows = _csv_rows(report / "per_class_seeds.csv")
+    assert sorted(int(r["class_index"]) for r in rows) == [0, 1, 2, 3]
+    c1 = next(r for r in rows if r["class_index"] == "1")
+    vals = [next(b["asr"] for b in r["classes"][1]["by_ratio"] if b["pattern_ratio"] == 0.02) for r in runs]
+    assert float(c1["asr@0.02"]) == pytest.approx(_by_hand(vals)[0], abs=1e-9)
+    assert float(c1["asr@0.02_ci95"]) == pytest.approx(_by_hand(vals)[1], rel=1e-5)
+    assert "±" in (report / "summary_seeds.md").read_text()
+    # claims.md: the rule is stated, the five claims have rows, claim 1's verdict follows the rule.
+    text = (report / "claims.md").read_text()
+    assert "**Verdict rule**" in text and "interval" in text
+    table = {cells[1]: cells for line in text.splitlines() if line.startswith("| ")
+             for cells in [[c.strip() for c in line.split("|")]]}
+    for number in ("1", "4a", "4b", "5"):
+        assert number in table, f"claim {number} missing from claims.md"
+    d_mean, d_half = _by_hand([_class_mean(r, 0.05, "asr") - _class_mean(r, 0.05, "random") for r in runs])
+    expected = ("holds" if d_mean - d_half > 0 else "does not hold" if d_mean + d_half < 0 else "inconclusive")
+    assert table["1"][4] == f"{d_mean:.3f} ± {d_half:.3f}"
+    assert table["1"][5] == "2"
+    assert table["1"][6] == f"**{expected}**"
+    # No adversarial run in this sweep: claim 4 cannot be decided.
+    assert table["4a"][6] == "**inconclusive**"
 
 
 def test_sweep_with_a_failing_job_finishes_the_others_exits_non_zero_and_is_reported(tmp_path):

@@ -51,6 +51,15 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("classwise_run_dir"):
         OmegaConf.register_new_resolver("classwise_run_dir", run_folder, use_cache=True)
+    if not OmegaConf.has_resolver("classwise_seed_class"):
+        OmegaConf.register_new_resolver("classwise_seed_class", seed_class)
+
+
+def seed_class(seed, num_classes) -> int:
+    """A backdoor target class that moves with the seed (experiment=paper_claims): 1, 4, 7, ... mod classes.
+
+    Not 0 for seed 0, so a detector biased to the first class cannot look right by accident."""
+    return (1 + 3 * int(seed)) % int(num_classes)
 
 
 def check_run_folder() -> None:

@@ -3,9 +3,12 @@
 FOLDER is a Hydra sweep folder (multirun/...), a single run, or any folder of runs. Writes into DIR
 (default FOLDER/report):
 
-  per_class / summary / detection / accuracy / failed  .md .tex .csv   the tables (failed: sweep jobs
-                                                               that failed, also printed as FAILED)
-  asr_vs_ratio.png                                             mean ASR against the pattern ratio
+  per_class / summary / detection / accuracy / failed  .md .tex .csv   the tables, one row per run (failed:
+                                                               sweep jobs that failed, also printed as FAILED)
+  <table>_seeds                               .md .tex .csv   the same over seeds: mean ± 95% interval, n
+  claims.md                                                    the paper's claims with a verdict each
+  asr_vs_ratio.png                                             mean ASR against the pattern ratio (bands
+                                                               over seeds where a configuration has 2+)
   pattern_grid_<run>.png                                       each run's patterns/grid.png (a copy)
   gallery/index.html, gallery/img/<run>/...                    every run's patterns, filterable
 """
@@ -16,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from classwise.reporting.aggregate import aggregate_tables, write_seed_tables
+from classwise.reporting.claims import fill_shape_stats, write_claims
 from classwise.reporting.formats import write_tables
 from classwise.reporting.gallery import write_gallery
 from classwise.reporting.plots import asr_vs_ratio, copy_pattern_grids
@@ -31,8 +36,11 @@ def make_report(root: str | Path, out: str | Path | None = None,
     if runs is None:
         runs = find_runs(root, exclude=[out])
     out.mkdir(parents=True, exist_ok=True)
+    fill_shape_stats(runs)  # runs written before patterns/shape.py existed
     written = write_tables(build_tables(runs), out)
     with_results = [r for r in runs if not is_failed_without_results(r)]
+    written += write_seed_tables(aggregate_tables(with_results), out)
+    written.append(write_claims(with_results, out))
     written.append(asr_vs_ratio(with_results, out / "asr_vs_ratio.png"))
     written += copy_pattern_grids(with_results, out)
     written.append(write_gallery(with_results, out, root=root))

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from classwise.patterns.evaluate import predict
 from classwise.patterns.search import as_float, mask_pixels, paste
+from classwise.patterns.shape import add_shape_stats
 from classwise.reporting.figures import pattern_rows
 from classwise.reporting.results import update_results
 
@@ -49,6 +50,7 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
          **({"candidates": r["candidates"]} if r["candidates"] else {})}
         for r in records
     ]
+    add_shape_stats(classes, {r["class_index"]: r["mask"] for r in records})  # claim 4's "simpler", per run
     search = {
         "preset": other["preset"], "update": search_cfg.update, "step_size": search_cfg.step_size,
         "alpha": search_cfg.alpha, "batch_size": search_cfg.batch_size, "seed": search_cfg.seed,

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from classwise.reporting.aggregate import config_groups
 from classwise.reporting.formats import cell_pretty
 from classwise.reporting.plots import grid_source
 from classwise.reporting.runs import Run, baselines_of, by_ratio, natural_key
@@ -187,7 +188,11 @@ def write_gallery(runs: Sequence[Run], out: str | Path, root: str | Path | None 
         options = '<option value="">all</option>' + "".join(
             f'<option value="{_e(v)}">{_e(v) if v else "(none)"}</option>' for v in values)
         selects.append(f'<label>{f} <select name="{f}">{options}</select></label>')
-    sections = "".join(_run_section(r, img_dir) for r in runs)
+    # A configuration's seeds side by side, under one heading (aggregate.config_of: the folder minus its seed).
+    sections = "".join(
+        (f'<h2 class="config">{_e(config)} <span class="meta">({len(group)} runs)</span></h2>' if len(group) > 1 else "")
+        + "".join(_run_section(r, img_dir) for r in group)
+        for config, group in config_groups(runs).items())
     where = f" under <code>{_e(root)}</code>" if root is not None else ""
     page = f"""<!doctype html>
 <html lang="en">

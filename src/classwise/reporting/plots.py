@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from classwise.reporting.aggregate import config_groups, estimate  # noqa: E402
 from classwise.reporting.runs import Run, all_ratios, natural_key, run_means  # noqa: E402
 
 SETTING_MARKERS = {"natural": "o", "adversarial": "s", "backdoor": "^"}
@@ -33,6 +34,9 @@ def asr_vs_ratio(runs: Sequence[Run], path: str | Path) -> Path:
     ratios = all_ratios(runs)
     with_classes = sorted((r for r in runs if r.has_classes),
                           key=lambda r: (r.setting, r.dataset, r.model, natural_key(r.run_id)))
+    groups = config_groups(with_classes)
+    if any(len(g) > 1 for g in groups.values()):
+        return _asr_bands(groups, ratios, path)
     n = len(with_classes)
     fig, ax = plt.subplots(figsize=(10.0 if n <= 8 else 13.0, 5.5))
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
@@ -53,16 +57,8 @@ def asr_vs_ratio(runs: Sequence[Run], path: str | Path) -> Path:
     if not with_classes:
         ax.text(0.5, 0.5, "no run holds class-wise pattern results", ha="center", va="center",
                 transform=ax.transAxes)
-    numeric = [float(r) for r in ratios]
-    if numeric and min(numeric) > 0 and max(numeric) / min(numeric) >= 5:
-        ax.set_xscale("log")
-    if numeric:
-        ax.set_xticks(numeric)
-        ax.set_xticklabels([f"{x:g}" for x in numeric])
-        ax.minorticks_off()
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("pattern ratio (share of the image's pixels pasted)")
-    ax.set_ylabel("mean ASR over classes")
+    _ratio_axis(ax, ratios)
+    _finish(ax)
     ax.set_title("Attack success rate of class-wise patterns vs pattern size")
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -72,6 +68,58 @@ def asr_vs_ratio(runs: Sequence[Run], path: str | Path) -> Path:
     if handles:
         ax.legend(handles, labels, fontsize=7 if n > 6 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                   title="setting · dataset/model (run)", title_fontsize=8, ncol=1 if n <= 20 else 2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _ratio_axis(ax, ratios: Sequence[str]) -> None:
+    numeric = [float(r) for r in ratios]
+    if numeric and min(numeric) > 0 and max(numeric) / min(numeric) >= 5:
+        ax.set_xscale("log")
+    if numeric:
+        ax.set_xticks(numeric)
+        ax.set_xticklabels([f"{x:g}" for x in numeric])
+        ax.minorticks_off()
+
+
+def _finish(ax) -> None:
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("pattern ratio (share of the image's pixels pasted)")
+    ax.set_ylabel("mean ASR over classes")
+
+
+def _asr_bands(groups: dict[str, list[Run]], ratios: Sequence[str], path: Path) -> Path:
+    """One line per configuration: mean over its seeds, a band for the 95% t-interval; random pixels dashed."""
+    n = len(groups)
+    fig, ax = plt.subplots(figsize=(10.0 if n <= 8 else 13.0, 5.5))
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    other_markers: dict[str, str] = {}
+    for i, (config, runs) in enumerate(sorted(groups.items(), key=lambda kv: (kv[1][0].setting, natural_key(kv[0])))):
+        means = [run_means(r, ratios, ["random"]) for r in runs]
+        color, marker = cmap(i % cmap.N), _marker(runs[0].setting, other_markers)
+        for key, style in (("asr", "-"), ("random", "--")):
+            pts = [(float(r), estimate(m.get(f"{key}@{r}") for m in means)) for r in ratios]
+            pts = [(x, e) for x, e in pts if e is not None]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            label = f"{config} (n={len(runs)})" if key == "asr" else None
+            ax.plot(xs, [e.mean for _, e in pts], marker=marker, color=color, linestyle=style,
+                    linewidth=1.8 if key == "asr" else 1.1, alpha=1.0 if key == "asr" else 0.7, label=label,
+                    markerfacecolor=None if key == "asr" else "none")
+            if all(e.half is not None for _, e in pts):
+                ax.fill_between(xs, [e.low for _, e in pts], [e.high for _, e in pts], color=color,
+                                alpha=0.18 if key == "asr" else 0.07, linewidth=0)
+    _ratio_axis(ax, ratios)
+    _finish(ax)
+    ax.set_title("ASR of class-wise patterns vs pattern size: mean over seeds, 95% t-interval bands")
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="gray", linestyle="--", label="random pixels, same k (dashed)"))
+    labels.append("random pixels, same k (dashed)")
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="configuration (seeds)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

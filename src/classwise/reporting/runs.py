@@ -181,7 +181,7 @@ def mean(values: Iterable[Any]) -> float | None:
 
 
 def run_means(run: Run, ratios: Sequence[str], baselines: Sequence[str]) -> dict[str, float | None]:
-    """Mean over classes, per ratio: `asr@r`, `base_rate@r` and each `<baseline>@r`."""
+    """Mean over classes, per ratio: `asr@r`, `base_rate@r`, `components@r` and each `<baseline>@r`."""
     out: dict[str, float | None] = {}
     per_class = [by_ratio(c) for c in run.classes]
     for r in ratios:
@@ -190,4 +190,5 @@ def run_means(run: Run, ratios: Sequence[str], baselines: Sequence[str]) -> dict
         for b in baselines:
             out[f"{b}@{r}"] = mean(baselines_of(e).get(b) for e in entries)
         out[f"base_rate@{r}"] = mean(e.get("base_rate") for e in entries)
+        out[f"components@{r}"] = mean(e.get("components") for e in entries)
     return out

@@ -31,15 +31,17 @@ class Table:
 
 def per_class_table(runs: Sequence[Run]) -> Table:
     ratios, baselines = all_ratios(runs), all_baselines(runs)
-    ratio_cols = [c for r in ratios for c in (f"asr@{r}", *(f"{b}@{r}" for b in baselines), f"base_rate@{r}")]
-    columns = ["run", "dataset", "model", "setting", "class_index", "class_name", "canvas", "mask_l1", *ratio_cols]
+    ratio_cols = [c for r in ratios for c in (f"asr@{r}", *(f"{b}@{r}" for b in baselines), f"base_rate@{r}",
+                                              f"components@{r}")]
+    columns = ["run", "dataset", "model", "setting", "class_index", "class_name", "canvas", "mask_l1", "mask_tv",
+               *ratio_cols]
     rows = []
     for run in runs:
         for cls in run.classes:
             row: dict[str, Any] = {
                 "run": run.run_id, "dataset": run.dataset, "model": run.model, "setting": run.setting,
                 "class_index": cls.get("class_index"), "class_name": cls.get("class_name"),
-                "canvas": _canvas(cls), "mask_l1": cls.get("mask_l1"),
+                "canvas": _canvas(cls), "mask_l1": cls.get("mask_l1"), "mask_tv": cls.get("mask_tv"),
             }
             entries = by_ratio(cls)
             for r in ratios:
@@ -48,6 +50,7 @@ def per_class_table(runs: Sequence[Run]) -> Table:
                 for b in baselines:
                     row[f"{b}@{r}"] = baselines_of(e).get(b)
                 row[f"base_rate@{r}"] = e.get("base_rate")
+                row[f"components@{r}"] = e.get("components")  # claim 4's "simpler" (patterns/shape.py)
             rows.append(row)
     return Table("per_class", "Per-class attack success rate (ASR) of each pattern", columns, rows)
 
@@ -64,6 +67,7 @@ def summary_table(runs: Sequence[Run]) -> Table:
     mean_cols = [f"mean_asr@{r}" for r in ratios]
     mean_cols += [f"mean_{b}@{r}" for b in baselines for r in ratios]
     mean_cols += [f"mean_base_rate@{r}" for r in ratios]
+    mean_cols += [f"mean_components@{r}" for r in ratios]
     columns = ["run", "dataset", "model", "setting", "seed", "classes", "clean_acc", "robust_acc",
                "backdoor_asr", *mean_cols]
     rows = []

@@ -1,0 +1,245 @@
+"""`claims.md`: the paper's claims tested on a sweep's runs, one row each, with a verdict by a stated rule.
+
+Each claim is a per-seed statistic d (signed so that d > 0 is what the paper claims), aggregated over
+seeds as a mean with its 95% Student-t interval (reporting/aggregate.estimate). The verdict rule:
+
+- holds: the interval lies above 0 (its low end > 0);
+- does not hold: the interval lies below 0 (its high end < 0);
+- inconclusive: the interval contains 0, or fewer than 2 seeds (no interval).
+
+Claim 5 counts seeds instead (see CLAIM5_RULE). Runs are told apart by `run.setting`, the backdoor's
+trigger (`metrics.backdoor.trigger`) and the seed; transfer runs (a `transfer` block) feed claim 6 only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from classwise.reporting.aggregate import Estimate, estimate
+from classwise.reporting.runs import (
+    Run,
+    all_baselines,
+    all_ratios,
+    as_number,
+    baselines_of,
+    by_ratio,
+    mean,
+)
+
+RULE = ("holds if the 95% t-interval of the mean over seeds lies above 0, does not hold if it lies below 0, "
+        "inconclusive if it contains 0 or fewer than 2 seeds have the statistic")
+CLAIM5_RULE = ("holds if one class is flagged by our detector in more than half of the natural seeds (2 seeds "
+               "or more), does not hold if no class is flagged in any seed, inconclusive otherwise")
+SIMPLER = ("connected components (8-neighbourhood) of the pattern's pixels at the ratio, mean over classes: "
+           "a shape-like pattern is one or a few blobs, a noise-like one is many scattered pixels; it counts "
+           "what is pasted at an equal pixel budget and ignores the canvas. The mask's total variation "
+           "(`mask_tv`) is shown beside it")
+
+
+@dataclass
+class Claim:
+    number: str
+    claim: str
+    statistic: str
+    value: Estimate | str | None
+    verdict: str
+    note: str = ""
+
+
+def verdict(est: Estimate | None) -> str:
+    if est is None or est.half is None:
+        return "inconclusive"
+    if est.low > 0:
+        return "holds"
+    if est.high < 0:
+        return "does not hold"
+    return "inconclusive"
+
+
+def fill_shape_stats(runs: Sequence[Run]) -> None:
+    """Older runs lack `components` / `mask_tv`: compute them from patterns/masks.safetensors, in memory."""
+    from safetensors.torch import load_file
+
+    from classwise.patterns.shape import add_shape_stats
+
+    for run in runs:
+        if not run.has_classes or all("mask_tv" in c for c in run.classes):
+            continue
+        search = run.data.get("search") if isinstance(run.data.get("search"), dict) else {}
+        path = run.dir / str(search.get("masks_file") or "patterns/masks.safetensors")
+        if not path.is_file():
+            continue
+        tensors = load_file(str(path))
+        masks = {c.get("class_index"): tensors.get(f"class_{c.get('class_index')}") for c in run.classes}
+        add_shape_stats(run.classes, {k: v for k, v in masks.items() if v is not None})
+
+
+def _seed(run: Run) -> Any:
+    return run.info.get("seed")
+
+
+def _trigger(run: Run) -> str | None:
+    backdoor = run.metrics.get("backdoor")
+    return backdoor.get("trigger") if isinstance(backdoor, dict) else None
+
+
+def _class_mean(run: Run, ratio: str, field: str) -> float | None:
+    vals = []
+    for cls in run.classes:
+        e = by_ratio(cls).get(ratio)
+        if e is not None:
+            vals.append(e.get(field) if field in ("asr", "components") else baselines_of(e).get(field))
+    return mean(vals)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _flag_counts(runs: Sequence[Run], block: str) -> tuple[Counter, int]:
+    counts: Counter = Counter()
+    n = 0
+    for run in runs:
+        det = run.data.get("detection")
+        if block != "ours":
+            base = run.data.get("detection_baselines")
+            det = base.get(block) if isinstance(base, dict) else None
+        if not isinstance(det, dict):
+            continue
+        n += 1
+        names = {c.get("class_index"): c.get("class_name") for c in run.classes}
+        counts.update(names.get(c, str(c)) for c in det.get("flagged") or [])
+    return counts, n
+
+
+def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
+    """The claims and the pattern ratio they are read at (5% where present)."""
+    searched = [r for r in runs if r.has_classes and "transfer" not in r.data]
+    ratios = all_ratios(searched)
+    ratio = "0.05" if "0.05" in ratios else (ratios[len(ratios) // 2] if ratios else "0.05")
+    small = ratios[0] if ratios else ratio
+    natural = [r for r in searched if r.setting == "natural"]
+    adversarial = [r for r in searched if r.setting == "adversarial"]
+    backdoor: dict[str, list[Run]] = defaultdict(list)
+    for r in searched:
+        if r.setting == "backdoor":
+            backdoor[_trigger(r) or "?"].append(r)
+    pct = f"{float(ratio):.0%}" if as_number(ratio) is not None else ratio
+    claims: list[Claim] = []
+
+    # 1. natural patterns vs random pixels of the same canvas.
+    d = [_diff(_class_mean(r, ratio, "asr"), _class_mean(r, ratio, "random")) for r in natural]
+    est = estimate(d)
+    claims.append(Claim("1", "natural models have class-wise patterns (ASR well above random pixels)",
+                        f"mean ASR@{pct} − mean random-pixel ASR@{pct}, natural runs", est, verdict(est),
+                        f"ASR {_fmt(mean(_class_mean(r, ratio, 'asr') for r in natural))}, random "
+                        f"{_fmt(mean(_class_mean(r, ratio, 'random') for r in natural))}"))
+
+    # 2. patterns vs every other same-budget baseline (a dense UAP has no pixel budget: left out).
+    for i, b in enumerate(b for b in all_baselines(natural) if b != "random" and "dense" not in b):
+        est = estimate(_diff(_class_mean(r, ratio, "asr"), _class_mean(r, ratio, b)) for r in natural)
+        claims.append(Claim(f"2{chr(ord('a') + i)}", f"patterns beat {b} pixels at the same budget",
+                            f"mean ASR@{pct} − mean {b}@{pct}, natural runs", est, verdict(est)))
+    if not any(c.number.startswith("2") for c in claims):
+        claims.append(Claim("2", "patterns beat Grad-CAM / UAP pixels at the same budget", "no baseline but random "
+                            "in these runs", None, "inconclusive"))
+
+    # 3. the backdoor target's pattern: most predictive at the smallest ratio, detected, on the trigger.
+    spct = f"{float(small):.0%}" if as_number(small) is not None else small
+    for trigger in sorted(backdoor):
+        margins, ours, nc, on_trigger = [], [], [], []
+        for r in backdoor[trigger]:
+            det = r.data.get("detection") if isinstance(r.data.get("detection"), dict) else {}
+            target = det.get("true_target", (r.metrics.get("backdoor") or {}).get("target_class"))
+            asr = {c.get("class_index"): as_number(by_ratio(c).get(small, {}).get("asr")) for c in r.classes}
+            others = [v for k, v in asr.items() if k != target and v is not None]
+            if asr.get(target) is not None and others:
+                margins.append(asr[target] - max(others))
+            ours.append(det.get("predicted_target") == target if det else None)
+            nc_block = (r.data.get("detection_baselines") or {}).get("neural_cleanse")
+            nc.append(nc_block.get("predicted_target") == target if isinstance(nc_block, dict) else None)
+            on_trigger.append((det.get("target_pixels_on_trigger") or {}).get(str(as_number(small))))
+        est = estimate(margins)
+        hits = [h for h in ours if h is not None]
+        nc_hits = [h for h in nc if h is not None]
+        note = (f"target detected: ours {sum(hits)}/{len(hits)}"
+                + (f", Neural Cleanse {sum(nc_hits)}/{len(nc_hits)}" if nc_hits else "")
+                + (f"; target pixels on the trigger at {spct}: {_fmt(mean(on_trigger))}"
+                   if mean(on_trigger) is not None else ""))
+        claims.append(Claim(f"3-{trigger}", f"{trigger}: the target class has the most predictive small pattern",
+                            f"target's ASR@{spct} − best other class's ASR@{spct}, per seed", est, verdict(est), note))
+
+    # 4. adversarial vs natural, paired by seed: less predictive, and simpler.
+    nat_by_seed = {_seed(r): r for r in natural}
+    pairs = [(nat_by_seed[_seed(a)], a) for a in adversarial if _seed(a) in nat_by_seed]
+    est = estimate(_diff(_class_mean(n, ratio, "asr"), _class_mean(a, ratio, "asr")) for n, a in pairs)
+    claims.append(Claim("4a", "adversarially trained models' patterns are less predictive",
+                        f"natural − adversarial mean ASR@{pct}, paired by seed", est, verdict(est)))
+    est = estimate(_diff(_class_mean(n, ratio, "components"), _class_mean(a, ratio, "components")) for n, a in pairs)
+
+    def tv(run: Run) -> float | None:
+        return mean(c.get("mask_tv") for c in run.classes)
+
+    claims.append(Claim("4b", "adversarially trained models' patterns are simpler",
+                        f"natural − adversarial connected components at {pct}, paired by seed", est, verdict(est),
+                        f"mask TV natural {_fmt(mean(tv(n) for n, _ in pairs))}, "
+                        f"adversarial {_fmt(mean(tv(a) for _, a in pairs))}"))
+
+    # 5. natural backdoors: which classes our detector flags on clean models, how often, and Neural Cleanse.
+    ours, n_ours = _flag_counts(natural, "ours")
+    theirs, n_nc = _flag_counts(natural, "neural_cleanse")
+    if n_ours == 0:
+        v5, value = "inconclusive", "no detection on natural runs"
+    else:
+        top = ours.most_common(1)[0] if ours else None
+        v5 = ("does not hold" if not ours else
+              "holds" if n_ours >= 2 and top[1] > n_ours / 2 else "inconclusive")
+        value = ", ".join(f"{k} {c}/{n_ours}" for k, c in ours.most_common()) or f"none flagged in {n_ours} seeds"
+    note = ("Neural Cleanse flags: " + (", ".join(f"{k} {c}/{n_nc}" for k, c in theirs.most_common()) or "none")
+            if n_nc else "")
+    claims.append(Claim("5", "clean models have natural backdoors (classes flagged by our detector)",
+                        "seeds in which each class is flagged (ours)", value, v5, note))
+
+    # 6. transfer between natural models of different seeds: transferred patterns still beat no paste.
+    transfer = [r for r in runs if isinstance(r.data.get("transfer"), dict)]
+    if transfer:
+        d = []
+        for r in transfer:
+            cls = [c for c in r.data["transfer"].get("classes") or [] if isinstance(c, dict)]
+            entries = [by_ratio(c).get(ratio) for c in cls]
+            d.append(_diff(mean(e.get("asr") for e in entries if e), mean(e.get("base_rate") for e in entries if e)))
+        est = estimate(d)
+        claims.append(Claim("6", "patterns transfer between natural models of different seeds",
+                            f"transferred mean ASR@{pct} − no-paste base rate", est, verdict(est)))
+    return claims, ratio
+
+
+def claims_markdown(claims: Sequence[Claim], n_runs: int) -> str:
+    lines = ["# Paper claims", "",
+             f"From {n_runs} runs. Each value is a mean over seeds ± the half-width of its 95% Student-t "
+             "interval (t_{0.975,n-1}·sd/√n), n = seeds with the statistic.", "",
+             f"**Verdict rule** (claims 1-4, 6): {RULE}.", "",
+             f"**Claim 5 rule**: {CLAIM5_RULE}.", "",
+             f"**Simpler** (claim 4b): {SIMPLER}.", "",
+             "| # | claim | statistic | value | n | verdict | note |", "|---|---|---|---:|---:|---|---|"]
+    for c in claims:
+        value = c.value.pretty() if isinstance(c.value, Estimate) else (c.value or "")
+        n = c.value.n if isinstance(c.value, Estimate) else ""
+        cells = [c.number, c.claim, c.statistic, value, str(n), f"**{c.verdict}**", c.note]
+        lines.append("| " + " | ".join(s.replace("|", "\\|") for s in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(runs: Sequence[Run], out: str | Path) -> Path:
+    claims, _ = build_claims(runs)
+    path = Path(out) / "claims.md"
+    path.write_text(claims_markdown(claims, len(runs)))
+    return path
