@@ -7,24 +7,29 @@ from typing import Any
 
 from classwise.patterns.search import mask_pixels
 from classwise.reporting.results import update_results
+from classwise.timing import PhaseTimer
 
 
 def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path, detector: dict, trigger,
-               target_class, progress) -> dict[str, Any]:
+               target_class, progress, timer: PhaseTimer | None = None) -> dict[str, Any]:
     """Our detection on every searched class (3 or more), Neural Cleanse beside it if asked, trigger figure."""
     from classwise.patterns.detection import pattern_detection
 
     if len(records) < 3:
         return {}
+    timer = timer or PhaseTimer()
     classes = [r["class_index"] for r in records]
-    block = pattern_detection([float(r["mask"].sum()) for r in records], classes)
-    block["seconds"] = None
+    with timer("detection"):
+        block = pattern_detection([float(r["mask"].sum()) for r in records], classes)
+    # Our detector reads the masks the search already made: its own cost is this statistic alone.
+    block["seconds"] = round(timer.seconds["detection"], 4)
     sections: dict[str, Any] = {"detection": block}
     if detector.get("name") == "neural_cleanse":
         from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
 
         nc_cfg = NeuralCleanseConfig(**{k: v for k, v in detector.items() if k != "name"}, seed=search_cfg.seed)
-        sections["detection_baselines"] = {"neural_cleanse": neural_cleanse(model, classes, *search_set, nc_cfg, progress)}
+        with timer("neural_cleanse"):
+            sections["detection_baselines"] = {"neural_cleanse": neural_cleanse(model, classes, *search_set, nc_cfg, progress)}
     if trigger is not None and target_class is not None and target_class in classes:
         rec = records[classes.index(target_class)]
         region = trigger.region

@@ -17,6 +17,8 @@ from classwise.patterns.classwise import ClassPattern, check_targets, classwise_
 from classwise.pipeline.detection_step import run_detection
 from classwise.pipeline.outputs import save_outputs
 from classwise.pipeline.settings import parse_settings
+from classwise.reporting.results import read_results, update_results
+from classwise.timing import PhaseTimer
 
 
 def canvas_pool(dm: ClasswiseDataModule, source: str) -> CanvasPool:
@@ -71,24 +73,38 @@ def run_pattern_search(
     pool = canvas_pool(dm, canvas_cfg.source)
     search_set = dm.split_tensors("search")
     eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), other["eval_max_per_class"])
+    timer = PhaseTimer()
     start = time.perf_counter()
     patterns = classwise_patterns(
         model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
-        progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
+        progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"], eval_ci=other["eval_ci"],
+        timer=timer,
     )
     seconds = time.perf_counter() - start
     records = [_to_record(p) for p in patterns]
     if gather is not None:
-        gathered = gather((records, seconds))
+        gathered = gather((records, seconds, timer.seconds))
         if rank != 0:
             return None
-        records = [r for part, _ in gathered for r in part]
-        seconds = max(s for _, s in gathered)
+        records = [r for part, _, _ in gathered for r in part]
+        seconds = max(s for _, s, _ in gathered)
+        timer.merge_max(t for _, _, t in gathered)
     records.sort(key=lambda r: r["class_index"])
-    summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
-                    (eval_x, eval_y), Path(run_dir), logger)
-    summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, Path(run_dir), detector or {},
-                              trigger, target_class, progress))
+    run_dir = Path(run_dir)
+    with timer("outputs"):
+        summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size,
+                               len(search_set[1]), (eval_x, eval_y), run_dir, logger)
+    summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir, detector or {},
+                                 trigger, target_class, progress, timer))
+    timer.add("search_step", time.perf_counter() - start)
+    summary["timing"] = record_timing(run_dir, timer)
     return summary
+
+
+def record_timing(run_dir: Path, timer: PhaseTimer) -> dict[str, Any]:
+    """Merge the timer's phases into results.json's `timing` block (train.py adds train and test to it)."""
+    block = {**(read_results(run_dir).get("timing") or {}), **timer.as_block()}
+    update_results(run_dir, timing=block)
+    return block
 
 
