@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_results_and_patterns(trained):
     res = read_json(trained / "results.json")
-    assert res["schema_version"] == 1
+    assert res["schema_version"] == 2
     assert res["run"]["dataset"] == "synthetic" and res["run"]["model"] == "small_cnn" and res["run"]["setting"] == "natural"
     assert res["run"]["config"]["seed"] == 0
     assert 0.5 < res["metrics"]["clean_acc"] <= 1.0
@@ -33,6 +33,12 @@ def test_train_writes_results_and_patterns(trained):
     for c in res["classes"]:
         assert [b["pattern_ratio"] for b in c["by_ratio"]] == [0.02, 0.05]
         assert all(0 <= b["asr"] <= 1 and "random" in b["baselines"] for b in c["by_ratio"])
+        for b in c["by_ratio"]:  # every rate with its 95% interval and the images it was measured on
+            for name in ("asr", "base_rate"):
+                lo, hi = b[f"{name}_ci"]
+                assert lo <= b[name] <= hi and b[f"{name}_n"] > 0
+            lo, hi = b["baselines_ci"]["random"]
+            assert lo <= b["baselines"]["random"] <= hi and 0 < b["baselines_n"]["random"] <= res["search"]["eval_size"]
         assert c["canvas_split"] == "train" and c["canvas_index"] >= 0
     s = res["search"]
     assert s["preset"] == "paper" and s["world_size"] == 1 and s["pool_size"] > 0 and s["eval_size"] > 0
@@ -42,6 +48,11 @@ def test_train_writes_results_and_patterns(trained):
     assert masks["class_0"].shape == (1, 16, 16)
     assert (trained / "patterns" / "grid.png").stat().st_size > 5000
     assert (trained / "checkpoints" / "last.ckpt").exists()
+    timing = res["timing"]
+    for phase in ("train", "test", "canvas", "search", "evaluation", "detection", "search_step"):
+        assert timing[phase] >= 0, phase
+    assert set(timing["baselines"]) == {"random"}
+    assert timing["search_step"] >= timing["search"] + timing["evaluation"]
 
 
 def test_search_on_checkpoint_reproduces_the_train_search(trained, cli, tmp_path):

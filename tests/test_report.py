@@ -59,6 +59,8 @@ def runs_root(tmp_path) -> Path:
         "run": {"dataset": "fashion_mnist", "model": "small_cnn", "setting": "natural", "seed": 0},
         "metrics": {"clean_acc": 0.9},
         "search": {"pattern_ratios": [0.01, 0.05], "figure": "patterns/grid.png"},
+        "timing": {"train": 50.0, "test": 2.0, "canvas": 1.5, "search": 20.0, "evaluation": 8.0,
+                   "baselines": {"random": 1.0, "gradcam": 1.2}, "detection": 0.0, "search_step": 33.0},
         "classes": [_cls(i, {0.01: {"asr": 0.1 * (i + 1), "base_rate": 0.01, "baselines": {"random": 0.02, "gradcam": 0.05}},
                              0.05: {"asr": 0.2 * (i + 1), "base_rate": 0.01, "baselines": {"random": 0.03, "gradcam": 0.07}}})
                     for i in range(3)],
@@ -109,7 +111,8 @@ def report(runs_root) -> Path:
 
 def test_tables_in_all_formats_with_every_run(report):
     expected = {"per_class": [NATURAL, ADVERSARIAL, BACKDOOR], "summary": [NATURAL, ADVERSARIAL, BACKDOOR, BROKEN],
-                "detection": [BACKDOOR], "accuracy": [NATURAL, ADVERSARIAL, BACKDOOR, BROKEN], "failed": []}
+                "detection": [BACKDOOR], "accuracy": [NATURAL, ADVERSARIAL, BACKDOOR, BROKEN], "timing": [NATURAL],
+                "failed": []}
     for name in TABLE_NAMES:
         for fmt in FORMATS:
             text = (report / f"{name}.{fmt}").read_text()

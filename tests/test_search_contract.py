@@ -298,7 +298,7 @@ def test_asr_and_base_rate_by_hand():
     pred = predict(model, x)
     assert pred.tolist() == [0, 1, 2, 2, 1]
     # Non-target images already predicted as the target, without a pattern: the floor under the ASR.
-    assert base_rates(pred, y, targets).tolist() == pytest.approx([1 / 4, 0.0, 1 / 3])
+    assert base_rates(pred, y, targets).rate.tolist() == pytest.approx([1 / 4, 0.0, 1 / 3])
 
 
 # ---- top-k when the mask has fewer non-zero pixels than k ----------------------------------------

@@ -1,9 +1,18 @@
-"""`make bench`: throughput of the pattern search and of its held-out evaluation, on this machine.
+"""`make bench`: what the search and its evaluation cost against the model's own speed, on this machine.
 
-(a) search images/s against the same model's plain forward+backward images/s at the same batch
-    (their ratio is the search's efficiency: about 1 is the limit);
-(b) all classes in one batched search against a Python loop of per-class searches, equal steps;
-(c) evaluation (pasting + forward) images/s.
+Four ratios, each measured in one run on the same model and inputs (so other jobs on the machine
+shift both sides alike):
+(a) search:  batched search images/s over the model's plain forward+backward images/s at the same
+    batch (input gradients only, as the search): about 1 means no bookkeeping cost;
+(b) eval:    held-out evaluation images/s (pasting + forward) over the model's inference images/s
+    at the same forward size: about 1 means evaluation costs what inference costs;
+(c) loop:    all classes in one batched search against a Python loop of per-class searches, equal
+    steps (the speedup of batching);
+(d) authors: the same against the authors' own loop (their generateMap.py): one class at a time, a
+    `DataLoader(shuffle=True, batch_size=4)` over the other classes' pool, mask updated with the
+    signed gradient after each batch, equal gradient evaluations; the model is put in eval mode and
+    nothing else, so the backward also computes weight gradients, as in a plain port.
+`--ranks` adds the wall time of `classwise-search` on 1 and 2 CPU processes (gloo).
 """
 
 from __future__ import annotations
@@ -13,9 +22,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from classwise.models import build_model
-from classwise.patterns.evaluate import attack_success_rates
+from classwise.patterns.evaluate import attack_successes
 from classwise.patterns.search import SearchConfig, search_patterns, top_pixels
 
 
@@ -25,7 +35,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def plain_train_rate(model, x, y, steps: int) -> float:
+def plain_grad_rate(model, x, y, steps: int) -> float:
     """Images/s of forward + backward (input gradients only, as the search does) at batch len(x)."""
     model.eval()
     for p in model.parameters():
@@ -41,29 +51,70 @@ def plain_train_rate(model, x, y, steps: int) -> float:
     return steps * len(x) / _timed(run)
 
 
-def bench_model(name: str, channels: int, size: int, classes: int, per_class: int, steps: int, pool_n: int) -> dict:
+@torch.no_grad()
+def inference_rate(model, images: torch.Tensor, batch: int, repeats: int) -> float:
+    """Images/s of the model's forward pass alone at `batch` images per pass."""
+    model.eval()
+    x = images[:batch]
+    model(x)  # warm-up
+    return repeats * len(x) / _timed(lambda: [model(x) for _ in range(repeats)])
+
+
+def authors_loop(model, canvases, targets, pool, labels, cfg: SearchConfig, steps: int) -> None:
+    """The reference implementation's shape: per class, a shuffled DataLoader of batch 4 over the other
+    classes' pool, one signed-gradient mask step per batch, `steps` batches (epochs as needed)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    h, w = canvases.shape[-2:]
+    for canvas, t in zip(canvases, targets, strict=True):
+        others = labels != t
+        loader = DataLoader(TensorDataset(pool[others], labels[others]), batch_size=cfg.batch_size, shuffle=True)
+        mask = torch.full((1, h, w), cfg.mask_init, requires_grad=True)
+        done = 0
+        while done < steps:
+            for x, _ in loader:
+                patterned = mask * canvas + (1 - mask) * x
+                target = torch.full((len(x),), t, dtype=torch.long)
+                loss = cfg.alpha * F.cross_entropy(model(patterned), target) + (1 - cfg.alpha) * mask.sum() / (h * w / 2)
+                loss.backward()
+                with torch.no_grad():
+                    mask -= cfg.step_size * mask.grad.sign()
+                    mask.clamp_(0, 1)
+                mask.grad.zero_()
+                model.zero_grad()
+                done += 1
+                if done == steps:
+                    break
+
+
+def bench_model(name: str, channels: int, size: int, classes: int, steps: int, pool_n: int, eval_n: int) -> dict:
     torch.manual_seed(0)
     model = build_model(name, channels, classes, size, [0.5] * channels, [0.25] * channels)
     pool = torch.rand(pool_n, channels, size, size)
     labels = torch.arange(pool_n) % classes
     canvases = torch.rand(classes, channels, size, size)
     targets = list(range(classes))
-    cfg = SearchConfig(batch_size=per_class, steps=steps)
-    search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(batch_size=per_class, steps=2), progress=False)
+    cfg = SearchConfig(steps=steps)  # the paper's batch of 4 images per class per step
+    search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(steps=2), progress=False)
     t_batched = _timed(lambda: search_patterns(model, canvases, targets, pool, labels, cfg, progress=False))
     t_loop = _timed(lambda: [search_patterns(model, canvases[k : k + 1], [k], pool, labels, cfg, progress=False)
                              for k in targets])
-    batch = classes * per_class
-    plain = plain_train_rate(model, pool[:batch], labels[:batch], steps)
+    t_authors = _timed(lambda: authors_loop(model, canvases, targets, pool, labels, cfg, steps))
+    batch = classes * cfg.batch_size
+    plain = plain_grad_rate(model, pool[:batch], labels[:batch], steps)
     search_rate = steps * batch / t_batched
-    masks = torch.rand(classes, 1, size, size)
-    pix = top_pixels(masks, 0.05)
-    t_eval = _timed(lambda: attack_success_rates(model, canvases, pix, torch.tensor(targets), pool, labels))
+    pix = top_pixels(torch.rand(classes, 1, size, size), 0.05)
+    images, image_labels = pool[:eval_n], labels[:eval_n]
+    t_eval = _timed(lambda: attack_successes(model, canvases, pix, torch.tensor(targets), images, image_labels))
+    eval_rate = classes * eval_n / t_eval
+    infer = inference_rate(model, pool, 256, max(2, classes * eval_n // 256))
     return {
-        "model": f"{name} {size}x{size}", "classes": classes, "batch/step": batch, "steps": steps,
-        "plain img/s": plain, "search img/s": search_rate, "efficiency": search_rate / plain,
-        "batched s": t_batched, "loop s": t_loop, "speedup": t_loop / t_batched,
-        "eval img/s": classes * pool_n / t_eval,
+        "model": f"{name} {size}x{size}", "classes": classes, "steps": steps,
+        "fwd+bwd img/s": plain, "search img/s": search_rate, "(a) search/fwd+bwd": search_rate / plain,
+        "inference img/s": infer, "eval img/s": eval_rate, "(b) eval/inference": eval_rate / infer,
+        "batched s": t_batched, "per-class loop s": t_loop, "(c) loop/batched": t_loop / t_batched,
+        "authors' loop s": t_authors, "(d) authors/batched": t_authors / t_batched,
     }
 
 
@@ -94,28 +145,28 @@ def bench_ranks(steps: int) -> list[dict]:
     return rows
 
 
+def print_table(rows: list[dict]) -> None:
+    print("| " + " | ".join(rows[0]) + " |")
+    print("|" + "---|" * len(rows[0]))
+    for r in rows:
+        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    parser.add_argument("--ranks", action="store_true", help="also time classwise-search on 1 and 2 CPU processes")
     args = parser.parse_args(argv)
     q = 4 if args.quick else 1
-    rows = [
-        bench_model("small_cnn", 1, 28, 10, 4, 200 // q, 2000),
-        bench_model("resnet18", 3, 32, 10, 4, 20 // q, 400),
-    ]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-    print()
-    print("classwise-search, synthetic 10 classes, small_cnn 16x16, CPU processes (gloo):")
-    ranks = bench_ranks(400 // q)
-    print("| " + " | ".join(ranks[0]) + " |")
-    print("|" + "---|" * len(ranks[0]))
-    for r in ranks:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    print_table([
+        bench_model("small_cnn", 1, 28, 10, 100 // q, 2000, 1000 // q),
+        bench_model("resnet18", 3, 32, 10, 12 // q, 400, 100 // q),
+    ])
+    if args.ranks:
+        print()
+        print("classwise-search, synthetic 10 classes, small_cnn 16x16, CPU processes (gloo):")
+        print_table(bench_ranks(400 // q))
 
 
 if __name__ == "__main__":

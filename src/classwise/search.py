@@ -107,7 +107,8 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
             return None
         from classwise.pipeline.transfer import run_transfer
 
-        summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, cfg.search.get("eval_max_per_class"))}
+        summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, cfg.search.get("eval_max_per_class"),
+                                            eval_ci=cfg.search.get("eval_ci"), seed=int(cfg.search.seed))}
     else:
         summary = run_pattern_search(
             model, dm, cfg.search, output_dir, rank=rank, world_size=world,

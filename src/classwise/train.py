@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,13 @@ from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
 from classwise.progress import quiet_libraries
-from classwise.reporting.results import update_results
+from classwise.reporting.results import read_results, update_results
 
 log = logging.getLogger(__name__)
 
 
 def already_done(output_dir: Path) -> dict[str, Any] | None:
     """A finished run's results (so a rerun sweep skips the job), else None."""
-    from classwise.reporting.results import read_results
-
     results = read_results(output_dir)
     return results if results.get("metrics") and results.get("run") else None
 
@@ -124,7 +123,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dm.save_splits(output_dir / "splits.safetensors")
         if poisoner is not None:
             poisoner.save(output_dir)
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    fit_seconds = time.perf_counter() - fit_start
+    test_start = time.perf_counter()
     test_metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
     metrics = {"clean_acc": float(test_metrics["test/clean_acc"])}
     robust = adversary
@@ -134,6 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         adv = cfg.dataset.adversarial
         robust = AdversarialTraining(eps=adv.eps, step_size=adv.step_size, steps=adv.steps, seed=cfg.seed)
     metrics.update(evaluate_extras(trainer, module, (poisoner, robust), dm))
+    test_seconds = time.perf_counter() - test_start
     if trainer.global_rank != 0:
         return {}
     last = output_dir / "checkpoints" / "last.ckpt"
@@ -142,7 +145,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(last.relative_to(output_dir)) if last.exists() else None,
         "resumed_from": ckpt, "output_dir": str(output_dir), "config": plain(cfg),
     }
-    path = update_results(output_dir, run=run, metrics=metrics)
+    # fit() also ran the PatternSearch callback (its `search_step` seconds): training is the rest.
+    timing = read_results(output_dir).get("timing") or {}
+    timing = {"train": round(fit_seconds - timing.get("search_step", 0.0), 2), "test": round(test_seconds, 2), **timing}
+    path = update_results(output_dir, run=run, metrics=metrics, timing=timing)
     if logger:
         from classwise.reporting.wandb_log import log_run
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +26,15 @@ from classwise.patterns.canvas import (
     check_canvas_index,
     choose_candidates,
 )
-from classwise.patterns.evaluate import attack_success_rates, base_rates, predict, random_pixels
+from classwise.patterns.evaluate import (
+    EVAL_ORDER_KEY,
+    Rates,
+    attack_success_rates,
+    attack_successes,
+    base_rates,
+    predict,
+    random_pixels,
+)
 from classwise.patterns.search import (
     SearchConfig,
     mask_pixels,
@@ -36,6 +45,7 @@ from classwise.patterns.search import (
     top_pixels,
     validate_ratios,
 )
+from classwise.timing import PhaseTimer
 
 CANDIDATE_STRIDE = 1024  # stream key of candidate j of class t: t * CANDIDATE_STRIDE + j
 
@@ -85,6 +95,8 @@ def classwise_patterns(
     uap_cfg: UAPConfig | None = None,
     patch_cfg: PatchConfig | None = None,
     eval_forward: int | None = None,
+    eval_ci: float | None = None,
+    timer: PhaseTimer | None = None,
 ) -> list[ClassPattern]:
     """Search and evaluate the patterns of `targets` (any subset of classes: a rank's shard).
 
@@ -92,7 +104,12 @@ def classwise_patterns(
     datamodule guarantees; their images may be uint8 (converted per batch). `eval_forward`: images
     per evaluation pass (null: from the device's memory). Everything random is keyed by (search_cfg.seed, class), so the result for
     a class does not depend on which other classes share the call.
+
+    eval_ci: stop evaluating each pattern and baseline once its Wilson 95% interval is at most
+    +-eval_ci wide (a seeded random order of the eval split; None: the whole split). `timer`
+    receives the seconds of each phase (canvas, search, evaluation, baselines.<name>).
     """
+    timer = timer or PhaseTimer()
     search_cfg = search_cfg or SearchConfig()
     canvas_cfg = canvas_cfg or CanvasConfig()
     ratios = validate_ratios(ratios)
@@ -106,16 +123,19 @@ def classwise_patterns(
     h, w = search_x.shape[-2:]
 
     # 1. Canvas candidates per class, searched all together.
-    cands = {t: choose_candidates(model, canvas_pool, t, canvas_cfg, search_cfg.seed) for t in targets}
-    flat = [(t, j, idx) for t in targets for j, idx in enumerate(cands[t])]
-    canvases = canvas_pool.fetch(torch.tensor([idx for _, _, idx in flat]))
-    result = search_patterns(
-        model, canvases, [t for t, _, _ in flat], search_x, search_y, search_cfg,
-        stream_keys=[t * CANDIDATE_STRIDE + j for t, j, _ in flat], progress=progress,
-        description=f"pattern search ({len(targets)} classes)",
-    )
+    with timer("canvas"):
+        cands = {t: choose_candidates(model, canvas_pool, t, canvas_cfg, search_cfg.seed) for t in targets}
+        flat = [(t, j, idx) for t in targets for j, idx in enumerate(cands[t])]
+        canvases = canvas_pool.fetch(torch.tensor([idx for _, _, idx in flat]))
+    with timer("search"):
+        result = search_patterns(
+            model, canvases, [t for t, _, _ in flat], search_x, search_y, search_cfg,
+            stream_keys=[t * CANDIDATE_STRIDE + j for t, j, _ in flat], progress=progress,
+            description=f"pattern search ({len(targets)} classes)",
+        )
 
     # 2. best_of_k: keep the candidate with the highest mean ASR on the *search* pool.
+    selection_start = time.perf_counter()  # part of the canvas choice
     chosen: dict[int, int] = {}
     cand_records: dict[int, list[dict]] = {t: [] for t in targets}
     if canvas_cfg.strategy == "best_of_k" and len(flat) > len(targets):
@@ -136,75 +156,79 @@ def classwise_patterns(
             if j == 0:
                 chosen[t] = i
 
-    # 3. Held-out evaluation on the eval split: the pattern and each baseline at every ratio.
+    timer.add("canvas", time.perf_counter() - selection_start)
+
+    # 3. Held-out evaluation on the eval split: the pattern and each baseline at every ratio, each
+    # variant timed on its own; with eval_ci, each leaves the batch once its interval is narrow enough.
     rows = [chosen[t] for t in targets]
     canv = result.canvases[rows]  # [K, C, H, W]
     masks = result.masks[rows]  # [K, 1, H, W]
     scores = result.scores[rows]  # [K, 1, H, W]
     tgt = torch.tensor(targets)
     k_count, r_count = len(targets), len(ratios)
-    pasted = {"pattern": torch.stack([top_pixels(masks, r, scores) for r in ratios], 1)}  # name -> [K, R, 1, H, W]
+    order_seed = stream_seed(search_cfg.seed, EVAL_ORDER_KEY)
+
+    def held_out(images: torch.Tensor, pix: torch.Tensor, additive: bool = False, what: str = "patterns") -> Rates:
+        """Rates [K, R'] of per-class images [K, C, H, W] pasted (or added) at pix [K, R', 1, H, W]."""
+        reps = pix.shape[1]
+        return attack_successes(
+            model, images.repeat_interleave(reps, 0), pix.flatten(0, 1), tgt.repeat_interleave(reps), eval_x, eval_y,
+            additive=additive, half_width=eval_ci, order_seed=order_seed, progress=progress,
+            description=f"evaluating {what}", max_forward=eval_forward,
+        ).view(k_count, reps)
+
+    with timer("evaluation"):
+        asr = held_out(canv, torch.stack([top_pixels(masks, r, scores) for r in ratios], 1))  # [K, R]
+        if eval_predictions is None:
+            eval_predictions = predict(model, eval_x, eval_forward)
+        base = base_rates(eval_predictions, eval_y, tgt)  # [K]
+    baseline_rates: dict[str, Rates] = {}  # name -> [K, R]
     if "random" in baselines:
-        pasted["random"] = torch.stack([
-            torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
-            for t in targets
-        ])
+        with timer("baselines.random"):
+            pix = torch.stack([
+                torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
+                for t in targets
+            ])
+            baseline_rates["random"] = held_out(canv, pix, what="random pixels")
     for method in ("gradcam", "saliency"):
         if method in baselines:
-            attr = attribution_map(model, canv, tgt, method, search_cfg.max_forward)
-            pasted[method] = torch.stack([top_k_of_map(attr, r) for r in ratios], 1)
-    names = list(pasted)
-    all_pix = torch.stack([pasted[n] for n in names], 1).flatten(0, 2)  # [K * N * R, 1, H, W]
-    reps = len(names) * r_count
-    asr = attack_success_rates(
-        model, canv.repeat_interleave(reps, 0), all_pix, tgt.repeat_interleave(reps), eval_x, eval_y, progress=progress,
-        max_forward=eval_forward,
-    ).view(k_count, len(names), r_count)
-    uap_dense = uap_topk = None
+            with timer(f"baselines.{method}"):
+                attr = attribution_map(model, canv, tgt, method, search_cfg.max_forward)
+                baseline_rates[method] = held_out(canv, torch.stack([top_k_of_map(attr, r) for r in ratios], 1), what=method)
     if "uap" in baselines:
-        deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress,
-                               search_cfg.max_forward)
-        full = torch.ones(k_count, 1, h, w, dtype=torch.bool)
-        topk = torch.stack([top_k_of_perturbation(deltas, r) for r in ratios], 1)  # [K, R, 1, H, W]
-        both = torch.cat([full.unsqueeze(1), topk], 1).flatten(0, 1)
-        uap_asr = attack_success_rates(
-            model, deltas.repeat_interleave(1 + r_count, 0), both, tgt.repeat_interleave(1 + r_count), eval_x, eval_y,
-            additive=True, progress=progress, description="evaluating UAPs", max_forward=eval_forward,
-        ).view(k_count, 1 + r_count)
-        uap_dense, uap_topk = uap_asr[:, 0], uap_asr[:, 1:]
-    patch_asr = None
+        with timer("baselines.uap"):
+            deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress,
+                                   search_cfg.max_forward)
+            full = torch.ones(k_count, 1, 1, h, w, dtype=torch.bool)
+            topk = torch.stack([top_k_of_perturbation(deltas, r) for r in ratios], 1)  # [K, R, 1, H, W]
+            uap = held_out(deltas, torch.cat([full, topk], 1), additive=True, what="UAPs")  # [K, 1 + R]
+            baseline_rates["uap_topk"] = Rates(uap.hits[:, 1:], uap.n[:, 1:])
+            # The dense UAP has no pixel budget: the same value at every ratio.
+            baseline_rates["uap_dense"] = Rates(uap.hits[:, :1].expand(-1, r_count), uap.n[:, :1].expand(-1, r_count))
     if "universal_patch" in baselines:
-        patch_cfg = patch_cfg or PatchConfig(alpha=search_cfg.alpha, seed=search_cfg.seed)
-        values, patch_pix = universal_patches(model, targets, ratios, search_x, search_y, patch_cfg, progress,
-                                              search_cfg.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
-        patch_asr = attack_success_rates(
-            model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), eval_x, eval_y,
-            progress=progress, description="evaluating universal patches", max_forward=eval_forward,
-        ).view(k_count, r_count)
-    if eval_predictions is None:
-        eval_predictions = predict(model, eval_x, eval_forward)
-    base = base_rates(eval_predictions, eval_y, tgt)
+        with timer("baselines.universal_patch"):
+            patch_cfg = patch_cfg or PatchConfig(alpha=search_cfg.alpha, seed=search_cfg.seed)
+            values, patch_pix = universal_patches(model, targets, ratios, search_x, search_y, patch_cfg, progress,
+                                                  search_cfg.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
+            baseline_rates["universal_patch"] = attack_successes(
+                model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), eval_x, eval_y,
+                half_width=eval_ci, order_seed=order_seed, progress=progress,
+                description="evaluating universal patches", max_forward=eval_forward,
+            ).view(k_count, r_count)
     ties = [tie_counts(masks, r) for r in ratios]  # per ratio: ([K] non-zero, [K] decided by the tie-break)
 
     out = []
     for k, t in enumerate(targets):
-        by_ratio = [
-            {
-                "pattern_ratio": r,
-                "pixels": pattern_pixel_count(r, h, w),
-                "nonzero_pixels": int(ties[ri][0][k]),
-                "tie_broken_pixels": int(ties[ri][1][k]),
-                "asr": float(asr[k, 0, ri]),
-                "base_rate": float(base[k]),
-                "baselines": {
-                    **{n: float(asr[k, j, ri]) for j, n in enumerate(names) if n != "pattern"},
-                    **({"uap_dense": float(uap_dense[k]), "uap_topk": float(uap_topk[k, ri])} if uap_dense is not None else {}),
-                    **({"universal_patch": float(patch_asr[k, ri])} if patch_asr is not None else {}),
-                },
-            }
-            for ri, r in enumerate(ratios)
-        ]
+        by_ratio = []
+        for ri, r in enumerate(ratios):
+            entry = {"pattern_ratio": r, "pixels": pattern_pixel_count(r, h, w),
+                     "nonzero_pixels": int(ties[ri][0][k]), "tie_broken_pixels": int(ties[ri][1][k]),
+                     **asr.fields((k, ri), "asr"), **base.fields(k, "base_rate")}
+            per_baseline = {n: b.fields((k, ri), "asr") for n, b in baseline_rates.items()}
+            entry["baselines"] = {n: f["asr"] for n, f in per_baseline.items()}
+            entry["baselines_ci"] = {n: f["asr_ci"] for n, f in per_baseline.items()}
+            entry["baselines_n"] = {n: f["asr_n"] for n, f in per_baseline.items()}
+            by_ratio.append(entry)
         i = rows[k]
         out.append(ClassPattern(t, canvas_pool.split, flat[i][2], canv[k], masks[k], by_ratio, cand_records[t], scores[k]))
     return out
-

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from classwise import intervals
 from classwise.patterns.chunking import images_per_pass
 from classwise.patterns.search import as_float, frozen
 from classwise.progress import tqdm
@@ -20,8 +23,34 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = Non
                           for i in range(0, len(images), batch_size)])
 
 
+EVAL_ORDER_KEY = 5_000_000  # stream key of the eval split's random order (one order for every pattern)
+
+
+@dataclass
+class Rates:
+    """Counted rates of P patterns: hits [P] out of n [P] images, with their Wilson intervals."""
+
+    hits: torch.Tensor  # [P] int64
+    n: torch.Tensor  # [P] int64
+
+    @property
+    def rate(self) -> torch.Tensor:
+        return self.hits.float() / self.n.clamp(min=1).float()
+
+    def half_width(self) -> torch.Tensor:
+        """[P] half-widths of the Wilson 95% intervals."""
+        return torch.tensor([intervals.half_width(int(h), int(n)) for h, n in zip(self.hits.flatten(), self.n.flatten(), strict=True)])
+
+    def view(self, *shape: int) -> Rates:
+        return Rates(self.hits.view(*shape), self.n.view(*shape))
+
+    def fields(self, index: int | tuple[int, ...], name: str) -> dict[str, float | int | list[float]]:
+        """`{name: rate, name_ci: [lo, hi], name_n: n}` of one entry, as results.json spells it."""
+        return intervals.rate_fields(int(self.hits[index]), int(self.n[index]), name)
+
+
 @torch.no_grad()
-def attack_success_rates(
+def attack_successes(
     model: nn.Module,
     canvases: torch.Tensor,
     pixels: torch.Tensor,
@@ -30,31 +59,44 @@ def attack_success_rates(
     labels: torch.Tensor,
     max_forward: int | None = None,
     additive: bool = False,
+    half_width: float | None = None,
+    order_seed: int = 0,
     progress: bool = False,
     description: str = "evaluating patterns",
-) -> torch.Tensor:
-    """ASR [P] of P patterns: the share of images *not* of the target class predicted as the target.
+) -> Rates:
+    """Hits and counts [P] of P patterns: images *not* of the target class predicted as the target.
 
     canvases [P, C, H, W], pixels [P, 1, H, W] bool, targets [P]; images [N, C, H, W], labels [N].
     With `additive`, `canvases` are perturbations added at the chosen pixels (clipped to [0, 1])
-    instead of pixels pasted. Each forward pass holds up to `max_forward` pasted images (several patterns at once); larger
-    passes are slower on CPU, where activations outgrow the caches (null: 256 on CPU, from free memory on a GPU).
-    images may be uint8 (converted per batch).
+    instead of pixels pasted. Each forward pass holds up to `max_forward` pasted images (several
+    patterns at once); larger passes are slower on CPU, where activations outgrow the caches (null:
+    256 on CPU, from free memory on a GPU). images may be uint8 (converted per batch).
+
+    `half_width`: sequential evaluation. The images are visited in one random order (seeded by
+    `order_seed`, the same for every pattern, so a pattern's result does not depend on the others
+    in the call), chunk by chunk; a pattern leaves the batch once the Wilson 95% interval of its
+    rate is at most +-half_width wide. The whole set is the cap; None evaluates every image.
     """
     device = next(model.parameters()).device
     max_forward = images_per_pass(model, tuple(images.shape[1:]), max_forward, backward=False, default=256)
     p_total = len(targets)
     hits = torch.zeros(p_total, dtype=torch.long)
-    counts = torch.stack([(labels != t).sum() for t in targets.tolist()]) if p_total else torch.zeros(0)
+    seen = torch.zeros(p_total, dtype=torch.long)
     n_img = min(len(images), max(1, max_forward))
-    group = max(1, max_forward // n_img)
-    canvases_d, pixels_d = canvases.to(device), pixels.to(device)
+    group = max(1, max_forward // max(n_img, 1))
+    if half_width is not None:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(order_seed))
+        images, labels = images[order], labels[order]
+    active = torch.arange(p_total)
+    canvases_d, pixels_d, targets_d = canvases.to(device), pixels.to(device), targets.to(device)
     with frozen(model), torch.no_grad():
         for i in tqdm(range(0, len(images), n_img), desc=description, disable=not progress, leave=False):
+            if len(active) == 0:
+                break
             x = as_float(images[i : i + n_img].to(device))  # [n, C, H, W]
             y = labels[i : i + n_img].to(device)
-            for p in range(0, p_total, group):
-                ps = slice(p, min(p + group, p_total))
+            for g0 in range(0, len(active), group):
+                ps = active[g0 : g0 + group].to(device)  # [g] pattern indices
                 if additive:
                     pert = torch.where(pixels_d[ps], canvases_d[ps], torch.zeros_like(canvases_d[ps]))
                     pasted = (x.unsqueeze(0) + pert.unsqueeze(1)).clamp(0, 1)
@@ -62,18 +104,26 @@ def attack_success_rates(
                     pasted = torch.where(pixels_d[ps].unsqueeze(1), canvases_d[ps].unsqueeze(1), x.unsqueeze(0))
                 g = pasted.shape[0]
                 pred = model(pasted.flatten(0, 1)).argmax(1).view(g, -1)  # [g, n]
-                t = targets[ps].to(device).unsqueeze(1)
-                hits[ps] += ((pred == t) & (y.unsqueeze(0) != t)).sum(1).cpu()
-    return hits.float() / counts.clamp(min=1).float()
+                t = targets_d[ps].unsqueeze(1)
+                others = y.unsqueeze(0) != t  # [g, n]
+                hits[ps.cpu()] += ((pred == t) & others).sum(1).cpu()
+                seen[ps.cpu()] += others.sum(1).cpu()
+            if half_width is not None:
+                active = active[Rates(hits[active], seen[active]).half_width() > half_width]
+    return Rates(hits, seen)
 
 
-def base_rates(predictions: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Share [P] of non-target images that the model already assigns to each target without a paste."""
-    out = []
-    for t in targets.tolist():
-        others = labels != t
-        out.append((predictions[others] == t).float().mean() if others.any() else torch.tensor(0.0))
-    return torch.stack(out)
+def attack_success_rates(model: nn.Module, canvases: torch.Tensor, pixels: torch.Tensor, targets: torch.Tensor,
+                         images: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+    """ASR [P] of P patterns on every image (see `attack_successes` for the arguments)."""
+    return attack_successes(model, canvases, pixels, targets, images, labels, **kwargs).rate
+
+
+def base_rates(predictions: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> Rates:
+    """Non-target images [P] that the model already assigns to each target without a paste."""
+    others = labels.unsqueeze(0) != targets.unsqueeze(1)  # [P, N]
+    hits = (others & (predictions.unsqueeze(0) == targets.unsqueeze(1))).sum(1)
+    return Rates(hits, others.sum(1))
 
 
 def random_pixels(shape: tuple[int, int], ratios: list[float], generator: torch.Generator) -> list[torch.Tensor]:

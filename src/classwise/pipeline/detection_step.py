@@ -7,11 +7,12 @@ from typing import Any
 
 from classwise.patterns.search import mask_pixels
 from classwise.reporting.results import update_results
+from classwise.timing import PhaseTimer
 
 
 def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path, detector: dict, trigger,
-               target_class, progress, asr_gate: float | None = None, gate_ratio: float | None = None,
-                  nc_per_class: dict[str, Any] | None = None) -> dict[str, Any]:
+                  target_class, progress, asr_gate: float | None = None, gate_ratio: float | None = None,
+                  nc_per_class: dict[str, Any] | None = None, timer: PhaseTimer | None = None) -> dict[str, Any]:
     """Our detection over the searched classes whose pattern works (3 or more searched), Neural Cleanse
     beside it if asked, trigger figure. The gate: held-out ASR at `gate_ratio` (default: the largest
     ratio) >= `asr_gate` (default `detection.ASR_GATE`)."""
@@ -19,20 +20,24 @@ def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: P
 
     if len(records) < 3:
         return {}
+    timer = timer or PhaseTimer()
     classes = [r["class_index"] for r in records]
     gate_ratio = max(ratios) if gate_ratio is None else gate_ratio
     gate_asr = [next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == gate_ratio) for r in records]
-    block = pattern_detection([float(r["mask"].sum()) for r in records], gate_asr, classes,
-                              ASR_GATE if asr_gate is None else asr_gate, gate_ratio)
-    block["seconds"] = None
+    with timer("detection"):
+        block = pattern_detection([float(r["mask"].sum()) for r in records], gate_asr, classes,
+                                  ASR_GATE if asr_gate is None else asr_gate, gate_ratio)
+    # Our detector reads the masks the search already made: its own cost is this statistic alone.
+    block["seconds"] = round(timer.seconds["detection"], 4)
     sections: dict[str, Any] = {"detection": block}
     if detector.get("name") == "neural_cleanse":
         from classwise.patterns.neural_cleanse import nc_config, nc_detection, neural_cleanse_masks
 
         nc_cfg = nc_config(detector, search_cfg.seed)
-        if nc_per_class is None:  # not run by the ranks beforehand: run it here on every searched class
-            nc_per_class = neural_cleanse_masks(model, classes, *search_set, nc_cfg, progress, search_cfg.max_forward)
-        sections["detection_baselines"] = {"neural_cleanse": nc_detection(nc_per_class, nc_cfg)}
+        with timer("neural_cleanse"):
+            if nc_per_class is None:  # not run by the ranks beforehand: run it here on every searched class
+                nc_per_class = neural_cleanse_masks(model, classes, *search_set, nc_cfg, progress, search_cfg.max_forward)
+            sections["detection_baselines"] = {"neural_cleanse": nc_detection(nc_per_class, nc_cfg)}
     if trigger is not None and target_class is not None and target_class in classes:
         rec = records[classes.index(target_class)]
         region = trigger.region

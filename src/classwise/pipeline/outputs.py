@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from classwise.intervals import mean_interval
 from classwise.patterns.evaluate import predict
 from classwise.patterns.search import as_float, mask_pixels, paste
 from classwise.patterns.shape import add_shape_stats
@@ -71,28 +72,35 @@ def _baseline_order(name: str) -> int:
     return order.index(name) if name in order else len(order)
 
 
+def _ci(interval) -> str:
+    return f"[{interval[0]:.3f},{interval[1]:.3f}]" if interval else "-"
+
+
 def format_table(classes: list[dict], ratios: list[float]) -> str:
-    """The per-class ASR table printed at the end of a search."""
+    """The per-class ASR table printed at the end of a search: each pattern's ASR with its 95%
+    Wilson interval and the images it was measured on; the mean row's interval is that of the mean."""
     extra = sorted({k for c in classes for b in c["by_ratio"] for k in b["baselines"]}, key=_baseline_order)
     head = f"{'class':>5}  {'name':<14} {'canvas':>10} {'mask L1':>8}"
     for r in ratios:
-        head += f"  {'ASR@' + format(r, '.0%'):>8}" + "".join(f" {n[:9]:>9}" for n in extra)
+        head += f"  {'ASR@' + format(r, '.0%'):>8} {'95% CI':>13} {'n':>5}" + "".join(f" {n[:9]:>9}" for n in extra)
     head += f"  {'base':>5}"
     lines = [head, "-" * len(head)]
     for c in classes:
         line = f"{c['class_index']:>5}  {c['class_name'][:14]:<14} {c['canvas_split'][:1] + str(c['canvas_index']):>10} {c['mask_l1']:>8.1f}"
         for b in c["by_ratio"]:
-            line += f"  {b['asr']:>8.3f}" + "".join(f" {b['baselines'].get(n, float('nan')):>9.3f}" for n in extra)
+            line += f"  {b['asr']:>8.3f} {_ci(b.get('asr_ci')):>13} {b.get('asr_n', ''):>5}"
+            line += "".join(f" {b['baselines'].get(n, float('nan')):>9.3f}" for n in extra)
         line += f"  {c['by_ratio'][0]['base_rate']:>5.3f}"
         lines.append(line)
     if classes:
         line = f"{'mean':>5}  {'':<14} {'':>10} {sum(c['mask_l1'] for c in classes) / len(classes):>8.1f}"
         for i in range(len(ratios)):
-            line += f"  {sum(c['by_ratio'][i]['asr'] for c in classes) / len(classes):>8.3f}"
+            entries = [c["by_ratio"][i] for c in classes]
+            rates = [e["asr"] for e in entries]
+            interval = mean_interval(rates, [e.get("asr_n") for e in entries])
+            line += f"  {sum(rates) / len(rates):>8.3f} {_ci(interval):>13} {sum(e.get('asr_n') or 0 for e in entries):>5}"
             for n in extra:
-                vals = [c["by_ratio"][i]["baselines"].get(n, float("nan")) for c in classes]
+                vals = [e["baselines"].get(n, float("nan")) for e in entries]
                 line += f" {sum(vals) / len(vals):>9.3f}"
         lines.append(line)
     return "\n".join(lines)
-
-

@@ -17,6 +17,8 @@ from classwise.patterns.classwise import ClassPattern, check_targets, classwise_
 from classwise.pipeline.detection_step import run_detection
 from classwise.pipeline.outputs import save_outputs
 from classwise.pipeline.settings import parse_settings
+from classwise.reporting.results import read_results, update_results
+from classwise.timing import PhaseTimer
 
 
 def canvas_pool(dm: ClasswiseDataModule, source: str) -> CanvasPool:
@@ -72,36 +74,49 @@ def run_pattern_search(
     # uint8 where the source stores uint8 (a quarter of float32's memory), converted per batch.
     search_set = dm.split_tensors("search", raw=True)
     eval_x, eval_y = cap_per_class(*dm.split_tensors("eval", raw=True), other["eval_max_per_class"])
+    timer = PhaseTimer()
     start = time.perf_counter()
     patterns = classwise_patterns(
         model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
         progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
-        patch_cfg=other["patch"],
-        eval_forward=other["eval_forward"],
+        patch_cfg=other["patch"], eval_forward=other["eval_forward"], eval_ci=other["eval_ci"], timer=timer,
     )
     seconds = time.perf_counter() - start
     records = [_to_record(p) for p in patterns]
     # Neural Cleanse is sharded like the search: each rank reverse-engineers its own classes' triggers.
-    nc = _neural_cleanse_share(model, mine, search_set, search_cfg, detector or {}, progress and rank == 0,
-                               len(all_targets))
+    with timer("neural_cleanse"):
+        nc = _neural_cleanse_share(model, mine, search_set, search_cfg, detector or {}, progress and rank == 0,
+                                   len(all_targets))
     if gather is not None:
-        gathered = gather((records, seconds, nc))
+        gathered = gather((records, seconds, nc, timer.seconds))
         if rank != 0:
             return None
-        records = [r for part, _, _ in gathered for r in part]
-        seconds = max(s for _, s, _ in gathered)
-        shares = [n for _, _, n in gathered if n is not None]
+        records = [r for part, _, _, _ in gathered for r in part]
+        seconds = max(s for _, s, _, _ in gathered)
+        timer.merge_max(t for _, _, _, t in gathered)
+        shares = [n for _, _, n, _ in gathered if n is not None]
         nc = None if not shares else {
             **{k: [v for n in shares for v in n[k]] for k in ("classes", "l1", "reached_threshold", "epochs_run")},
             "seconds": max(n["seconds"] for n in shares),
         }
     records.sort(key=lambda r: r["class_index"])
-    summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, len(search_set[1]),
-                    (eval_x, eval_y), Path(run_dir), logger)
-    summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, Path(run_dir), detector or {},
-                              trigger, target_class, progress, other["detection_asr_gate"], other["detection_gate_ratio"],
-                              nc_per_class=nc))
+    run_dir = Path(run_dir)
+    with timer("outputs"):
+        summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size,
+                               len(search_set[1]), (eval_x, eval_y), run_dir, logger)
+    summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir, detector or {},
+                                 trigger, target_class, progress, other["detection_asr_gate"],
+                                 other["detection_gate_ratio"], nc_per_class=nc, timer=timer))
+    timer.add("search_step", time.perf_counter() - start)
+    summary["timing"] = record_timing(run_dir, timer)
     return summary
+
+
+def record_timing(run_dir: Path, timer: PhaseTimer) -> dict[str, Any]:
+    """Merge the timer's phases into results.json's `timing` block (train.py adds train and test to it)."""
+    block = {**(read_results(run_dir).get("timing") or {}), **timer.as_block()}
+    update_results(run_dir, timing=block)
+    return block
 
 
 def _neural_cleanse_share(model, classes, search_set, search_cfg, detector: dict, progress: bool, n_total: int):

@@ -12,8 +12,8 @@ from classwise.patterns.search import SearchConfig, validate_ratios
 SEARCH_KEYS = {f for f in SearchConfig.__dataclass_fields__}
 CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": "index", "canvas_k": "k",
                "canvas_max_candidates": "max_candidates"}
-OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "enabled", "baselines", "uap_eps", "uap_steps",
-              "uap_batch_size", "eval_forward", "patch_steps", "patch_finetune_steps", "patch_batch_size"}
+OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "eval_ci", "enabled", "baselines", "uap_eps",
+              "uap_steps", "uap_batch_size", "eval_forward", "patch_steps", "patch_finetune_steps", "patch_batch_size"}
 OTHER_KEYS |= {"detection_asr_gate", "detection_gate_ratio"}  # our detector's gate (patterns/detection.py)
 
 
@@ -44,6 +44,11 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
 
         raise ConfigError(f"search.uap_eps={other['uap'].eps} and search.uap_steps={other['uap'].steps} must be positive")
     _check_gate(other)
+    if other["eval_ci"] is not None and not 0 < other["eval_ci"] < 0.5:
+        from classwise.errors import ConfigError
+
+        raise ConfigError(f"search.eval_ci={other['eval_ci']} is not a half-width; accepted: a number in (0, 0.5), "
+                          "or null for the whole eval split")
     return search_cfg, canvas_cfg, other
 
 

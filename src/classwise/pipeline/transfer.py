@@ -15,19 +15,22 @@ from classwise.reporting.results import update_results
 
 
 def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Path, run_dir: str | Path,
-                 eval_max_per_class: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 eval_max_per_class: int | None = None, progress: bool = True, eval_ci: float | None = None,
+                 seed: int = 0) -> dict[str, Any]:
     """Apply another run's patterns (its masks and canvases, at its ratios) to `model`, on this eval split.
 
     Writes the `transfer` section of results.json: the source run, and per class its ASR here next
-    to the ASR the source run measured on its own model.
+    to the ASR the source run measured on its own model. `eval_ci` and `seed`: sequential evaluation
+    as in the search (the same seed gives the same image order, so a run transferred to itself
+    reproduces its own numbers).
     """
     import json
 
     from safetensors.torch import load_file
 
     from classwise.errors import ConfigError
-    from classwise.patterns.evaluate import attack_success_rates, base_rates
-    from classwise.patterns.search import top_pixels
+    from classwise.patterns.evaluate import EVAL_ORDER_KEY, attack_successes, base_rates
+    from classwise.patterns.search import stream_seed, top_pixels
 
     source_run = Path(source_run)
     results_file = source_run / "results.json"
@@ -50,8 +53,9 @@ def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Pa
     tgt = torch.tensor([c["class_index"] for c in classes])
     pix = torch.stack([top_pixels(masks, r, scores) for r in ratios], 1).flatten(0, 1)
     r_count = len(ratios)
-    asr = attack_success_rates(model, canvases.repeat_interleave(r_count, 0), pix, tgt.repeat_interleave(r_count),
-                               eval_x, eval_y, progress=progress, description="transferred patterns").view(len(classes), r_count)
+    asr = attack_successes(model, canvases.repeat_interleave(r_count, 0), pix, tgt.repeat_interleave(r_count),
+                           eval_x, eval_y, half_width=eval_ci, order_seed=stream_seed(seed, EVAL_ORDER_KEY),
+                           progress=progress, description="transferred patterns").view(len(classes), r_count)
     base = base_rates(predict(model, eval_x), eval_y, tgt)
     block = {
         "source_run": str(source_run.resolve()),
@@ -59,13 +63,13 @@ def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Pa
         "pattern_ratios": ratios,
         "classes": [
             {"class_index": c["class_index"], "class_name": c["class_name"], "by_ratio": [
-                {"pattern_ratio": r, "asr": float(asr[k, i]), "base_rate": float(base[k]),
+                {"pattern_ratio": r, **asr.fields((k, i), "asr"), **base.fields(k, "base_rate"),
                  "source_asr": c["by_ratio"][i]["asr"] if i < len(c["by_ratio"]) else None}
                 for i, r in enumerate(ratios)]}
             for k, c in enumerate(classes)
         ],
     }
-    block["mean_asr"] = {str(r): float(asr[:, i].mean()) for i, r in enumerate(ratios)}
+    block["mean_asr"] = {str(r): float(asr.rate[:, i].mean()) for i, r in enumerate(ratios)}
     update_results(run_dir, transfer=block)
     print(f"transfer from {source_run}: mean ASR " + ", ".join(f"{r:.0%}: {v:.3f}" for r, v in
                                                                 zip(ratios, block["mean_asr"].values(), strict=True)))

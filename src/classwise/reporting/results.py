@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every rate carries `_ci` and `_n`; a `timing` block
 RESULTS_FILE = "results.json"
 
 

@@ -192,3 +192,47 @@ def run_means(run: Run, ratios: Sequence[str], baselines: Sequence[str]) -> dict
         out[f"base_rate@{r}"] = mean(e.get("base_rate") for e in entries)
         out[f"components@{r}"] = mean(e.get("components") for e in entries)
     return out
+
+
+def ci_of(entry: dict[str, Any], name: str = "asr", baseline: str | None = None) -> list[float] | None:
+    """The stored 95% interval [lo, hi] of a rate in a by_ratio entry (None before schema 2)."""
+    if baseline is None:
+        ci = entry.get(f"{name}_ci")
+    else:
+        cis = entry.get("baselines_ci")
+        ci = cis.get(baseline) if isinstance(cis, dict) else None
+    return ci if isinstance(ci, list) and len(ci) == 2 else None
+
+
+def n_of(entry: dict[str, Any], name: str = "asr", baseline: str | None = None) -> int | None:
+    """Images a rate was measured on (None before schema 2)."""
+    if baseline is None:
+        n = entry.get(f"{name}_n")
+    else:
+        ns = entry.get("baselines_n")
+        n = ns.get(baseline) if isinstance(ns, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def run_mean_intervals(run: Run, ratios: Sequence[str], baselines: Sequence[str]) -> dict[str, list[float] | None]:
+    """95% interval of each mean in `run_means` (`asr_ci@r`, `<baseline>_ci@r`, `base_rate_ci@r`)."""
+    from classwise.intervals import mean_interval
+
+    out: dict[str, list[float] | None] = {}
+    per_class = [by_ratio(c) for c in run.classes]
+
+    def interval(entries, name="asr", baseline=None):
+        values = [as_number(e.get(name) if baseline is None else baselines_of(e).get(baseline)) for e in entries]
+        ns = [n_of(e, name, baseline) for e in entries]
+        if not entries or any(v is None for v in values):
+            return None
+        ci = mean_interval(values, ns)
+        return [round(ci[0], 4), round(ci[1], 4)] if ci else None
+
+    for r in ratios:
+        entries = [pc[r] for pc in per_class if r in pc]
+        out[f"asr_ci@{r}"] = interval(entries)
+        for b in baselines:
+            out[f"{b}_ci@{r}"] = interval([e for e in entries if b in baselines_of(e)], baseline=b)
+        out[f"base_rate_ci@{r}"] = interval(entries, "base_rate")
+    return out

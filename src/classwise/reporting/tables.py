@@ -17,6 +17,9 @@ from classwise.reporting.runs import (
     as_text,
     baselines_of,
     by_ratio,
+    ci_of,
+    n_of,
+    run_mean_intervals,
     run_means,
 )
 
@@ -31,8 +34,9 @@ class Table:
 
 def per_class_table(runs: Sequence[Run]) -> Table:
     ratios, baselines = all_ratios(runs), all_baselines(runs)
-    ratio_cols = [c for r in ratios for c in (f"asr@{r}", *(f"{b}@{r}" for b in baselines), f"base_rate@{r}",
-                                              f"components@{r}")]
+    ratio_cols = [c for r in ratios for c in (f"asr@{r}", f"asr_ci@{r}", f"asr_n@{r}",
+                                              *(c for b in baselines for c in (f"{b}@{r}", f"{b}_ci@{r}")),
+                                              f"base_rate@{r}", f"base_rate_ci@{r}", f"components@{r}")]
     columns = ["run", "dataset", "model", "setting", "class_index", "class_name", "canvas", "mask_l1", "mask_tv",
                *ratio_cols]
     rows = []
@@ -47,12 +51,16 @@ def per_class_table(runs: Sequence[Run]) -> Table:
             for r in ratios:
                 e = entries.get(r, {})
                 row[f"asr@{r}"] = e.get("asr")
+                row[f"asr_ci@{r}"], row[f"asr_n@{r}"] = ci_of(e), n_of(e)
                 for b in baselines:
                     row[f"{b}@{r}"] = baselines_of(e).get(b)
+                    row[f"{b}_ci@{r}"] = ci_of(e, baseline=b)
                 row[f"base_rate@{r}"] = e.get("base_rate")
+                row[f"base_rate_ci@{r}"] = ci_of(e, "base_rate")
                 row[f"components@{r}"] = e.get("components")  # claim 4's "simpler" (patterns/shape.py)
             rows.append(row)
-    return Table("per_class", "Per-class attack success rate (ASR) of each pattern", columns, rows)
+    return Table("per_class", "Per-class attack success rate (ASR) of each pattern; `_ci`: its 95% Wilson interval, "
+                 "`asr_n`: the images it was measured on", columns, rows)
 
 
 def _canvas(cls: dict[str, Any]) -> str:
@@ -64,8 +72,8 @@ def _canvas(cls: dict[str, Any]) -> str:
 
 def summary_table(runs: Sequence[Run]) -> Table:
     ratios, baselines = all_ratios(runs), all_baselines(runs)
-    mean_cols = [f"mean_asr@{r}" for r in ratios]
-    mean_cols += [f"mean_{b}@{r}" for b in baselines for r in ratios]
+    mean_cols = [c for r in ratios for c in (f"mean_asr@{r}", f"mean_asr_ci@{r}")]
+    mean_cols += [c for b in baselines for r in ratios for c in (f"mean_{b}@{r}", f"mean_{b}_ci@{r}")]
     mean_cols += [f"mean_base_rate@{r}" for r in ratios]
     mean_cols += [f"mean_components@{r}" for r in ratios]
     columns = ["run", "dataset", "model", "setting", "seed", "classes", "clean_acc", "robust_acc",
@@ -81,8 +89,10 @@ def summary_table(runs: Sequence[Run]) -> Table:
         }
         means = run_means(run, ratios, baselines)
         row.update({f"mean_{k}": v for k, v in means.items()})
+        row.update({f"mean_{k}": v for k, v in run_mean_intervals(run, ratios, baselines).items() if f"mean_{k}" in columns})
         rows.append(row)
-    return Table("summary", "One row per run: accuracy and mean ASR over classes per pattern ratio", columns, rows)
+    return Table("summary", "One row per run: accuracy and mean ASR over classes per pattern ratio; `_ci`: the 95% "
+                 "interval of the mean (eval-image sampling only)", columns, rows)
 
 
 def _detection_cols(prefix: str) -> list[str]:
@@ -160,6 +170,26 @@ def failed_table(runs: Sequence[Run]) -> Table:
     return Table("failed", "Sweep jobs that failed (the traceback is the job folder's FAILED file)", columns, rows)
 
 
+TIMING_PHASES = ("train", "test", "canvas", "search", "evaluation")
+TIMING_TAIL = ("detection", "neural_cleanse", "outputs", "search_step")
+
+
+def timing_table(runs: Sequence[Run]) -> Table:
+    """Seconds per phase of each run that has a `timing` block (baselines: one column each)."""
+    timed = [(run, run.data["timing"]) for run in runs if isinstance(run.data.get("timing"), dict)]
+    names = sorted({b for _, t in timed if isinstance(t.get("baselines"), dict) for b in t["baselines"]},
+                   key=lambda n: (n != "random", n))
+    columns = ["run", "dataset", "model", "setting", *TIMING_PHASES, *(f"baseline_{n}" for n in names), *TIMING_TAIL]
+    rows = []
+    for run, t in timed:
+        base = t.get("baselines") if isinstance(t.get("baselines"), dict) else {}
+        rows.append({"run": run.run_id, "dataset": run.dataset, "model": run.model, "setting": run.setting,
+                     **{k: as_number(t.get(k)) for k in (*TIMING_PHASES, *TIMING_TAIL)},
+                     **{f"baseline_{n}": as_number(base.get(n)) for n in names}})
+    return Table("timing", "Seconds per phase (search_step: everything after training; slowest rank per phase)",
+                 columns, rows)
+
+
 # A new table is one function of the runs, registered here (the order is the report's order).
 TABLES: dict[str, Callable[[Sequence[Run]], Table]] = {
     "per_class": per_class_table,
@@ -167,6 +197,7 @@ TABLES: dict[str, Callable[[Sequence[Run]], Table]] = {
     "detection": detection_table,
     "accuracy": accuracy_table,
     "failed": failed_table,
+    "timing": timing_table,
 }
 TABLE_NAMES = tuple(TABLES)
 

@@ -84,6 +84,10 @@ def _image(tensor, caption: str | None = None):
     return wandb.Image((arr * 255).astype("uint8"), caption=caption)
 
 
+def _bounds(ci: list[float] | None) -> tuple[float | None, float | None]:
+    return (ci[0], ci[1]) if ci else (None, None)
+
+
 def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> None:
     """One `patterns` table row per (class, ratio) with images and numbers, plus search summary scalars."""
     if not is_wandb(logger) or "classes" not in results:
@@ -100,8 +104,10 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
     det_index = dict(zip(detection.get("classes", []), detection.get("anomaly_index", []), strict=False))
     flagged = set(detection.get("flagged", []))
     baseline_names = sorted({k for c in results["classes"] for b in c["by_ratio"] for k in b["baselines"]})
-    columns = ["class_index", "class_name", "pattern_ratio", "pixels", "canvas", "mask", "pattern", "asr", "base_rate",
-               *[f"baseline_{n}" for n in baseline_names], "mask_l1", "anomaly_index", "flagged"]
+    # Each rate with its 95% interval as two numeric columns (`_lo`, `_hi`), so W&B can sort and plot them.
+    columns = ["class_index", "class_name", "pattern_ratio", "pixels", "canvas", "mask", "pattern", "asr", "asr_lo", "asr_hi",
+               "asr_n", "base_rate", *[f"baseline_{n}{s}" for n in baseline_names for s in ("", "_lo", "_hi")],
+               "mask_l1", "anomaly_index", "flagged"]
     rows, gallery = [], {"canvas": [], "mask": [], "pattern": []}
     for c in results["classes"]:
         i = c["class_index"]
@@ -116,8 +122,9 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
             pix = mask_pixels(mask, b["pattern_ratio"], score)
             rows.append([
                 i, c["class_name"], b["pattern_ratio"], b["pixels"], _image(canvas), _image(mask),
-                _image(pattern_on_gray(canvas, pix)), b["asr"], b["base_rate"],
-                *[b["baselines"].get(n) for n in baseline_names], c["mask_l1"], det_index.get(i), i in flagged,
+                _image(pattern_on_gray(canvas, pix)), b["asr"], *_bounds(b.get("asr_ci")), b.get("asr_n"), b["base_rate"],
+                *[v for n in baseline_names for v in (b["baselines"].get(n), *_bounds((b.get("baselines_ci") or {}).get(n)))],
+                c["mask_l1"], det_index.get(i), i in flagged,
             ])
     import wandb
 

@@ -1,0 +1,76 @@
+"""Held-out evaluation: Wilson intervals, and sequential evaluation that stops once an interval is narrow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from classwise.intervals import half_width, mean_interval, rate_fields, wilson_interval
+from classwise.patterns.evaluate import attack_successes
+
+SIDE = 4
+
+
+def test_wilson_interval_known_values():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # the textbook 0/10 case
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
+    assert half_width(3600, 7200) == pytest.approx(0.0115, abs=1e-4)
+    fields = rate_fields(3, 40, "asr")
+    assert fields["asr"] == 0.075 and fields["asr_n"] == 40 and fields["asr_ci"][0] < 0.075 < fields["asr_ci"][1]
+
+
+def test_mean_interval_covers_the_mean_and_narrows_with_images():
+    narrow = mean_interval([0.2, 0.6, 0.0], [7200, 7200, 7200])
+    wide = mean_interval([0.2, 0.6, 0.0], [300, 300, 300])
+    assert narrow[0] < 0.8 / 3 < narrow[1] and wide[0] < narrow[0] and wide[1] > narrow[1]
+    assert mean_interval([0.5], [None]) is None
+
+
+class Threshold(nn.Module):
+    """Predicts class 1 when pixel (0, 0) exceeds pixel (0, 1), else class 0.
+
+    Pasting value v at pixel (0, 0) onto images whose pixel (0, 1) is uniform makes the true ASR v.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        hit = (x[:, 0, 0, 0] > x[:, 0, 0, 1]).float()
+        return torch.stack([1 - hit, hit], 1) + 0 * self.p
+
+
+def _patterns(values):
+    canvases = torch.zeros(len(values), 1, SIDE, SIDE)
+    canvases[:, 0, 0, 0] = torch.tensor(values)
+    pixels = torch.zeros(len(values), 1, SIDE, SIDE, dtype=torch.bool)
+    pixels[:, 0, 0, 0] = True
+    return canvases, pixels, torch.ones(len(values), dtype=torch.long)
+
+
+def test_sequential_evaluation_stops_early_and_agrees_with_the_whole_set():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6000, 1, SIDE, SIDE, generator=g)
+    labels = torch.zeros(6000, dtype=torch.long)
+    labels[:600] = 1  # target-class images never count
+    values = [0.0, 0.05, 0.5, 0.9]
+    canvases, pixels, targets = _patterns(values)
+    model = Threshold()
+    whole = attack_successes(model, canvases, pixels, targets, images, labels)
+    assert whole.n.tolist() == [5400] * 4
+    seq = attack_successes(model, canvases, pixels, targets, images, labels, half_width=0.03, order_seed=7)
+    assert (seq.n < 5400).all() and (seq.half_width() <= 0.03).all()
+    assert seq.n[0] <= seq.n[1] < seq.n[2] and seq.n[3] < seq.n[2]  # rates far from 0.5 decide sooner
+    for k in range(4):
+        lo, hi = wilson_interval(int(seq.hits[k]), int(seq.n[k]))
+        assert lo <= float(whole.rate[k]) <= hi
+    # A pattern's result does not depend on which others share the call.
+    alone = attack_successes(model, canvases[2:3], pixels[2:3], targets[2:3], images, labels, half_width=0.03,
+                             order_seed=7)
+    assert alone.hits.item() == seq.hits[2].item() and alone.n.item() == seq.n[2].item()
+    # A target no interval can reach runs to the whole set, which is the cap.
+    capped = attack_successes(model, canvases, pixels, targets, images, labels, half_width=1e-4, order_seed=7)
+    assert capped.hits.tolist() == whole.hits.tolist() and capped.n.tolist() == whole.n.tolist()
