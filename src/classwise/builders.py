@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from classwise.errors import ConfigError
+from classwise.models.external import build_classifier  # noqa: F401 - re-exported for the entry points
 
 
 def destroy_process_group() -> None:
@@ -27,19 +28,6 @@ def build_datamodule(dataset_cfg: dict[str, Any], data_cfg: dict[str, Any], seed
     from classwise.data import ClasswiseDataModule
 
     return ClasswiseDataModule(dataset=dataset_cfg, seed=seed, poisoner=poisoner, **data_cfg)
-
-
-def build_classifier(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> torch.nn.Module:
-    from classwise.models import build_model
-    from classwise.models.external import EXTERNAL, build_external
-
-    if model_cfg["name"] in EXTERNAL:
-        return build_external(model_cfg, dataset_cfg)
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "input")}
-    return build_model(
-        model_cfg["name"], in_channels=dataset_cfg["channels"], num_classes=dataset_cfg["num_classes"],
-        image_size=dataset_cfg["image_size"], mean=dataset_cfg["mean"], std=dataset_cfg["std"], **kwargs,
-    )
 
 
 def sweep_group() -> str | None:

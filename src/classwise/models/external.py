@@ -93,10 +93,21 @@ def _timm_pretrained_convention(net: nn.Module, declared: InputConvention) -> In
     return conv
 
 
+def build_classifier(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any]) -> nn.Module:
+    """A classifier from its `model` and `dataset` configs: a registry architecture, or custom / timm / torchscript."""
+    from classwise.models import build_model
+
+    if model_cfg["name"] in EXTERNAL:
+        return build_external(model_cfg, dataset_cfg)
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "input")}
+    return build_model(
+        model_cfg["name"], in_channels=dataset_cfg["channels"], num_classes=dataset_cfg["num_classes"],
+        image_size=dataset_cfg["image_size"], mean=dataset_cfg["mean"], std=dataset_cfg["std"], **kwargs,
+    )
+
+
 def load_model(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], checkpoint: Checkpoint | None) -> nn.Module:
     """The model an audit runs on: built from its config, weights from `checkpoint`, taking [0, 1] images."""
-    from classwise.builders import build_classifier
-
     if model_cfg["name"] in EXTERNAL:
         return build_external(model_cfg, dataset_cfg, checkpoint)
     model = build_classifier(model_cfg, dataset_cfg)
