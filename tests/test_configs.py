@@ -83,3 +83,21 @@ def test_paper_claims_moves_the_backdoor_target_with_the_seed():
     assert targets == [1, 4, 7]
     adv = compose_train("experiment=paper_claims", "claim=adversarial")
     assert adv.setting.adversary.method == "fgsm_rs" and adv.detector.name == "neural_cleanse"
+
+
+@pytest.mark.parametrize("claim", ["natural", "badnets", "blend", "trojan", "sig", "adversarial"])
+def test_paper_claims_jobs_pass_the_checks_before_compute(claim):
+    # Every job of the sweep, Neural Cleanse's settings included (they are only used after training
+    # and the search, so a stale key there would fail each job minutes in).
+    cfg = compose_train("experiment=paper_claims", f"claim={claim}", "seed=1")
+    validate(cfg)
+    from classwise.patterns.neural_cleanse import nc_config
+
+    nc = nc_config(OmegaConf.to_container(cfg.detector, resolve=True), seed=1)
+    assert (nc.epochs, nc.epoch_size, nc.early_stop) == (10, 320, False)
+
+
+def test_an_unknown_neural_cleanse_key_fails_before_compute():
+    cfg = compose_train("detector=neural_cleanse", "+detector.steps=100")
+    with pytest.raises(ConfigError, match=r"detector.steps is not a Neural Cleanse setting; accepted: .*epochs"):
+        validate(cfg)

@@ -69,6 +69,11 @@ def validate(cfg: DictConfig) -> None:
     setting = OmegaConf.select(cfg, "setting.name")
     if "setting" in cfg and setting is None:
         raise ConfigError("setting.name is missing; accepted: natural, backdoor, adversarial")
+    if OmegaConf.select(cfg, "detector.name") == "neural_cleanse":
+        # Neural Cleanse runs after training and the search: a bad key must not cost those minutes.
+        from classwise.patterns.neural_cleanse import nc_config
+
+        nc_config(OmegaConf.to_container(cfg.detector, resolve=True), seed=0)
 
 
 def cli_errors(fn):

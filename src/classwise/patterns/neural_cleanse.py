@@ -53,7 +53,15 @@ class NeuralCleanseConfig:
 
 
 def nc_config(detector: dict[str, Any], seed: int) -> NeuralCleanseConfig:
-    """The config from the `detector` group (its `name` key dropped) and the run's seed."""
+    """The config from the `detector` group (its `name` key dropped) and the run's seed; an unknown key is a ConfigError."""
+    from dataclasses import fields
+
+    from classwise.errors import ConfigError
+
+    accepted = {f.name for f in fields(NeuralCleanseConfig)} - {"seed"}
+    unknown = sorted(set(detector) - accepted - {"name"})
+    if unknown:
+        raise ConfigError(f"detector.{unknown[0]} is not a Neural Cleanse setting; accepted: {', '.join(sorted(accepted))}")
     return NeuralCleanseConfig(**{k: v for k, v in detector.items() if k != "name"}, seed=seed)
 
 
