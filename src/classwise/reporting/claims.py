@@ -13,6 +13,7 @@ trigger (`metrics.backdoor.trigger`) and the seed; transfer runs (a `transfer` b
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ SIMPLER = ("connected components (8-neighbourhood) of the pattern's pixels at th
            "a shape-like pattern is one or a few blobs, a noise-like one is many scattered pixels; it counts "
            "what is pasted at an equal pixel budget and ignores the canvas. The mask's total variation "
            "(`mask_tv`) is shown beside it")
+WHOLE_IMAGE = 0.5  # a trigger on at least this share of the pixels (Blend, SIG) leaves "on the trigger" untestable
 
 
 @dataclass
@@ -98,6 +100,31 @@ def _class_mean(run: Run, ratio: str, field: str) -> float | None:
 
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def _smallest_margin(run: Run) -> float | None:
+    """ln(smallest other class's mask L1 / the backdoor target's): > 0 when the target's mask is the smallest."""
+    det = run.data.get("detection") if isinstance(run.data.get("detection"), dict) else {}
+    target = det.get("true_target", (run.metrics.get("backdoor") or {}).get("target_class"))
+    l1 = {c.get("class_index"): as_number(c.get("mask_l1")) for c in run.classes}
+    others = [v for k, v in l1.items() if k != target and v is not None]
+    if not l1.get(target) or not others or min(others) <= 0:
+        return None
+    return math.log(min(others) / l1[target])
+
+
+def _trigger_area(run: Run) -> float | None:
+    """The share of the image's pixels the run's trigger touches (its `region`), from the resolved config."""
+    config = run.info.get("config") if isinstance(run.info.get("config"), dict) else {}
+    trigger = config.get("trigger")
+    if not isinstance(trigger, dict) or "_target_" not in trigger:
+        return None
+    try:
+        from hydra.utils import instantiate
+
+        return float(instantiate(trigger).region.float().mean())
+    except Exception:  # noqa: BLE001 - an unknown trigger leaves this test out, not the report
+        return None
 
 
 def _fmt(value: float | None) -> str:
@@ -176,6 +203,21 @@ def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
                    if mean(on_trigger) is not None else ""))
         claims.append(Claim(f"3-{trigger}", f"{trigger}: the target class has the most predictive small pattern",
                             f"target's ASR@{spct} − best other class's ASR@{spct}, per seed", est, verdict(est), note))
+        # ... the smallest one (mask L1), and on the trigger (beyond the trigger's own share of the image).
+        est = estimate(_smallest_margin(r) for r in backdoor[trigger])
+        claims.append(Claim(f"3-{trigger}-small", f"{trigger}: the target class has the smallest mask",
+                            "ln(smallest other class's mask L1 / target's mask L1), per seed", est, verdict(est)))
+        areas = [a for a in (_trigger_area(r) for r in backdoor[trigger]) if a is not None]
+        if areas and max(areas) >= WHOLE_IMAGE:
+            claims.append(Claim(f"3-{trigger}-on", f"{trigger}: the target's pattern sits on the trigger",
+                                "not testable", None, "inconclusive",
+                                f"the trigger covers {max(areas):.0%} of the image: every pixel is on it"))
+        else:
+            est = estimate(_diff(as_number(share), _trigger_area(r)) for r, share in zip(backdoor[trigger], on_trigger,
+                                                                                          strict=True))
+            claims.append(Claim(f"3-{trigger}-on", f"{trigger}: the target's pattern sits on the trigger",
+                                f"share of the target's pattern on the trigger at {spct} − the trigger's share of "
+                                "the image (chance), per seed", est, verdict(est)))
 
     # 4. adversarial vs natural, paired by seed: less predictive, and simpler.
     nat_by_seed = {_seed(r): r for r in natural}

@@ -1,0 +1,48 @@
+"""claims.md's backdoor rows on hand-written runs: most predictive, smallest, on the trigger (beyond chance)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from classwise.reporting.aggregate import estimate
+from classwise.reporting.claims import build_claims
+from classwise.reporting.runs import Run
+
+BADNETS = {"_target_": "classwise.data.triggers.BadNets", "image_size": 28, "channels": 1, "size": 3,
+           "position": "bottom_right", "margin": 1, "content": "white"}
+BLEND = {"_target_": "classwise.data.triggers.Blend", "image_size": 28, "channels": 1, "alpha": 0.1, "seed": 1234}
+
+
+def _run(seed: int, trigger: str, config: dict, target: int, l1: list[float], asr: list[float], on: float) -> Run:
+    classes = [{"class_index": i, "class_name": f"c{i}", "mask_l1": l1[i],
+                "by_ratio": [{"pattern_ratio": 0.01, "asr": asr[i], "base_rate": 0.0, "baselines": {"random": 0.0}}]}
+               for i in range(len(l1))]
+    data = {"run": {"setting": "backdoor", "seed": seed, "config": {"trigger": config}},
+            "metrics": {"backdoor": {"trigger": trigger, "target_class": target}},
+            "classes": classes,
+            "detection": {"true_target": target, "predicted_target": target, "flagged": [target],
+                          "target_pixels_on_trigger": {"0.01": on}}}
+    return Run(run_id=f"{trigger},seed={seed}", slug=f"{trigger}_{seed}", dir=Path("."), data=data)
+
+
+def test_backdoor_claim_has_smallest_and_on_trigger_rows_by_hand():
+    runs = [_run(0, "badnets", BADNETS, 0, [5.0, 40.0, 60.0], [0.9, 0.1, 0.2], 0.625),
+            _run(1, "badnets", BADNETS, 2, [50.0, 45.0, 9.0], [0.1, 0.3, 0.95], 0.75),
+            _run(0, "blend", BLEND, 0, [70.0, 40.0, 60.0], [0.05, 0.1, 0.2], 1.0)]
+    claims, _ = build_claims(runs)
+    rows = {c.number: c for c in claims}
+    small = rows["3-badnets-small"]
+    expected = estimate([math.log(40 / 5), math.log(45 / 9)])
+    assert small.value.mean == pytest.approx(expected.mean) and small.value.half == pytest.approx(expected.half)
+    area = 9 / 784  # the 3x3 BadNets patch on a 28x28 image
+    on = rows["3-badnets-on"]
+    assert on.value.mean == pytest.approx((0.625 - area + 0.75 - area) / 2)
+    assert on.verdict == ("holds" if on.value.low > 0 else "inconclusive")
+    assert rows["3-badnets"].value.mean == pytest.approx(((0.9 - 0.2) + (0.95 - 0.3)) / 2)
+    # Blend touches every pixel: being "on the trigger" says nothing, and the row says so.
+    assert rows["3-blend-on"].verdict == "inconclusive" and rows["3-blend-on"].value is None
+    assert "100%" in rows["3-blend-on"].note
+    assert rows["3-blend-small"].value.mean == pytest.approx(math.log(40 / 70))  # not the smallest: < 0
