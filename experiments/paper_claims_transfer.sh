@@ -18,5 +18,5 @@ for i in "${!SEEDS[@]}"; do
   done
   echo "== seed $a's model, seed $b's patterns -> $out"
   "$BIN/classwise-search" checkpoint="$model" patterns_from="$patterns" seed="$a" \
-    search.eval_max_per_class=30 logger=none hydra.run.dir="$out"
+    search.eval_max_per_class=100 search.eval_ci=0.05 logger=none hydra.run.dir="$out"
 done
