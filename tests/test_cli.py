@@ -41,7 +41,7 @@ def test_train_writes_results_and_patterns(trained):
             assert lo <= b["baselines"]["random"] <= hi and 0 < b["baselines_n"]["random"] <= res["search"]["eval_size"]
         assert c["canvas_split"] == "train" and c["canvas_index"] >= 0
     s = res["search"]
-    assert s["preset"] == "paper" and s["world_size"] == 1 and s["pool_size"] > 0 and s["eval_size"] > 0
+    assert s["preset"] == "fast" and s["world_size"] == 1 and s["pool_size"] > 0 and s["eval_size"] > 0
     splits = load_file(str(trained / s["splits_file"]))
     assert not set(splits["search"].tolist()) & set(splits["eval"].tolist())
     masks = load_file(str(trained / "patterns" / "masks.safetensors"))

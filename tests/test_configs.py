@@ -46,11 +46,11 @@ def test_every_group_option_composes(group, option):
 
 def test_search_config_composes():
     cfg = compose_train("checkpoint=/tmp/x.ckpt", name="search")
-    assert cfg.search.preset == "paper" and cfg.checkpoint == "/tmp/x.ckpt"
+    assert cfg.search.preset == "fast" and cfg.checkpoint == "/tmp/x.ckpt"
 
 
 def test_paper_preset_has_the_authors_values():
-    s = compose_train().search
+    s = compose_train("search=paper").search
     assert (s["update"], s.step_size, s.alpha, s.batch_size, s.epochs, s.mask_init) == ("sign", 0.02, 0.2, 4, 5, 0.5)
     assert list(s.pattern_ratios) == [0.05]
 

@@ -139,7 +139,8 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
         summary[f"search/mean_asr@{r}"] = float(torch.tensor([c["by_ratio"][idx]["asr"] for c in results["classes"]]).mean())
     if detection:
         summary["search/predicted_target"] = -1 if detection.get("predicted_target") is None else detection["predicted_target"]
-        summary["search/max_anomaly_index"] = max(detection.get("anomaly_index") or [0])
+        # Classes the detection gate left unscored have index None.
+        summary["search/max_anomaly_index"] = max((v for v in detection.get("anomaly_index") or [] if v is not None), default=0)
     run.log(summary)
     grid = Path(run_dir) / results["search"].get("figure", "patterns/grid.png")
     if grid.exists():
