@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from classwise.bench import plain_train_rate
+from classwise.bench import plain_grad_rate
 from classwise.models import build_model
 from classwise.patterns.chunking import images_per_pass
 from classwise.patterns.evaluate import attack_success_rates
@@ -59,7 +59,7 @@ def search_speed(name: str, sizes: tuple, device: torch.device) -> list[dict]:
     pool, labels, canvases = _data(size, classes, pool_n)
     targets = list(range(classes))
     batch = classes * 4
-    plain = plain_train_rate(model, (pool[:batch].float() / 255).to(device), labels[:batch].to(device), max(2, steps))
+    plain = plain_grad_rate(model, (pool[:batch].float() / 255).to(device), labels[:batch].to(device), max(2, steps))
     rows = []
     for precision in ("32", "bf16"):
         cfg = SearchConfig(batch_size=4, steps=steps, precision=precision)
