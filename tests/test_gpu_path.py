@@ -225,6 +225,7 @@ def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
     """Each rank's share of the classes, concatenated in any order, gives the one-process detection block."""
     from classwise.patterns.neural_cleanse import (
         NeuralCleanseConfig,
+        join_shares,
         nc_detection,
         neural_cleanse,
         neural_cleanse_masks,
@@ -234,8 +235,7 @@ def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
     cfg = NeuralCleanseConfig(epochs=4, epoch_size=20, batch_size=4, patience=1)
     whole = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False)
     shares = [neural_cleanse_masks(model, classes, pool, labels, cfg, progress=False) for classes in ([1, 3], [0, 2, 4])]
-    joined = {k: [v for share in shares for v in share[k]] for k in ("classes", "l1", "reached_threshold", "epochs_run")}
-    sharded = nc_detection({**joined, "seconds": 0.0}, cfg)
+    sharded = nc_detection(join_shares(shares), cfg)
     whole.pop("seconds"), sharded.pop("seconds")
     assert sharded == whole and sharded["classes"] == [0, 1, 2, 3, 4]
 

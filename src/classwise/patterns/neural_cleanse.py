@@ -83,10 +83,19 @@ def neural_cleanse(
     return nc_detection(neural_cleanse_masks(model, targets, pool_images, pool_labels, cfg, progress, max_forward), cfg)
 
 
+PER_CLASS_KEYS = ("classes", "l1", "reached_threshold", "epochs_run")  # of `neural_cleanse_masks`' result
+
+
+def join_shares(shares: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several ranks' `neural_cleanse_masks` results as one (classes in any order; the slowest rank's seconds)."""
+    return {**{k: [v for share in shares for v in share[k]] for k in PER_CLASS_KEYS},
+            "seconds": max(share["seconds"] for share in shares)}
+
+
 def nc_detection(per_class: dict[str, Any], cfg: NeuralCleanseConfig) -> dict[str, Any]:
-    """The anomaly-index block from per-class results (those of several ranks concatenated, in any order)."""
+    """The anomaly-index block from per-class results (those of several ranks joined, in any order)."""
     order = sorted(range(len(per_class["classes"])), key=lambda i: per_class["classes"][i])
-    pick = {k: [per_class[k][i] for i in order] for k in ("classes", "l1", "reached_threshold", "epochs_run")}
+    pick = {k: [per_class[k][i] for i in order] for k in PER_CLASS_KEYS}
     block = detect(pick["l1"], "neural_cleanse_mask_l1", "small", class_indices=pick["classes"])
     block["reached_threshold"] = pick["reached_threshold"]
     block["epochs_run"] = pick["epochs_run"]

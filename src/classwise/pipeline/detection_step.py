@@ -80,5 +80,3 @@ def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path:
     _show(axes[2], record["mask"], "mask", cmap="magma")
     _show(axes[3], pattern_on_gray(record["canvas"], mask_pixels(record["mask"], ratio, record.get("score"))), f"pattern at {ratio:.0%}")
     save_figure(fig, path)
-
-

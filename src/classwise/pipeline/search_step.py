@@ -95,10 +95,10 @@ def run_pattern_search(
         seconds = max(s for _, s, _, _ in gathered)
         timer.merge_max(t for _, _, _, t in gathered)
         shares = [n for _, _, n, _ in gathered if n is not None]
-        nc = None if not shares else {
-            **{k: [v for n in shares for v in n[k]] for k in ("classes", "l1", "reached_threshold", "epochs_run")},
-            "seconds": max(n["seconds"] for n in shares),
-        }
+        if shares:
+            from classwise.patterns.neural_cleanse import join_shares
+
+            nc = join_shares(shares)
     records.sort(key=lambda r: r["class_index"])
     run_dir = Path(run_dir)
     with timer("outputs"):

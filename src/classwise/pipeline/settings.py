@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from classwise.errors import ConfigError
 from classwise.patterns.canvas import CanvasConfig
 from classwise.patterns.search import SearchConfig, validate_ratios
 
@@ -24,8 +25,6 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
     settings = dict(settings)
     unknown = set(settings) - SEARCH_KEYS - set(CANVAS_KEYS) - OTHER_KEYS
     if unknown:
-        from classwise.errors import ConfigError
-
         accepted = ", ".join(sorted(SEARCH_KEYS | set(CANVAS_KEYS) | OTHER_KEYS))
         raise ConfigError(f"search.{sorted(unknown)[0]} is not a search setting; accepted: {accepted}")
     search_cfg = SearchConfig(**{k: v for k, v in settings.items() if k in SEARCH_KEYS})
@@ -40,13 +39,9 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
     patch = {k: other[f"patch_{k}"] for k in ("steps", "finetune_steps", "batch_size") if other.get(f"patch_{k}") is not None}
     other["patch"] = PatchConfig(**patch, alpha=search_cfg.alpha, seed=search_cfg.seed)
     if other["uap"].eps <= 0 or other["uap"].steps < 1:
-        from classwise.errors import ConfigError
-
         raise ConfigError(f"search.uap_eps={other['uap'].eps} and search.uap_steps={other['uap'].steps} must be positive")
     _check_gate(other)
     if other["eval_ci"] is not None and not 0 < other["eval_ci"] < 0.5:
-        from classwise.errors import ConfigError
-
         raise ConfigError(f"search.eval_ci={other['eval_ci']} is not a half-width; accepted: a number in (0, 0.5), "
                           "or null for the whole eval split")
     return search_cfg, canvas_cfg, other
@@ -54,7 +49,6 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
 
 def _check_gate(other: dict[str, Any]) -> None:
     """Detection gate: ASR in [0, 1] (default 0.5) at one of the searched ratios (default: the largest)."""
-    from classwise.errors import ConfigError
     from classwise.patterns.detection import ASR_GATE
 
     gate = ASR_GATE if other.get("detection_asr_gate") is None else other["detection_asr_gate"]
