@@ -31,15 +31,19 @@ def mask_tv(mask: torch.Tensor) -> float:
     return float((m[1:] - m[:-1]).abs().sum() + (m[:, 1:] - m[:, :-1]).abs().sum())
 
 
-def add_shape_stats(classes: list[dict], masks: dict[int, torch.Tensor]) -> None:
+def add_shape_stats(classes: list[dict], masks: dict[int, torch.Tensor],
+                    scores: dict[int, torch.Tensor] | None = None) -> None:
     """Per class `mask_tv`, per class and ratio `components` (in its by_ratio entries), in place.
 
-    `masks` maps class_index -> mask [1, H, W]; entries that already hold the numbers are kept."""
+    `masks` maps class_index -> mask [1, H, W]; `scores` (same keys) the search's tie-break scores, so
+    the pixels counted are the pattern's own (`mask_pixels`); entries that already hold the numbers are kept."""
+    scores = scores or {}
     for cls in classes:
         mask = masks.get(cls.get("class_index"))
+        score = scores.get(cls.get("class_index"))
         if mask is None:
             continue
         cls.setdefault("mask_tv", round(mask_tv(mask), 3))
         for entry in cls.get("by_ratio") or []:
             if isinstance(entry, dict) and "components" not in entry and "pattern_ratio" in entry:
-                entry["components"] = components(mask_pixels(mask, float(entry["pattern_ratio"])))
+                entry["components"] = components(mask_pixels(mask, float(entry["pattern_ratio"]), score))

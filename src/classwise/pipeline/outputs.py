@@ -51,7 +51,8 @@ def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seco
          **({"candidates": r["candidates"]} if r["candidates"] else {})}
         for r in records
     ]
-    add_shape_stats(classes, {r["class_index"]: r["mask"] for r in records})  # claim 4's "simpler", per run
+    add_shape_stats(classes, {r["class_index"]: r["mask"] for r in records},  # claim 4's "simpler", per run
+                    {r["class_index"]: r["score"] for r in records if r.get("score") is not None})
     search = {
         "preset": other["preset"], "update": search_cfg.update, "step_size": search_cfg.step_size,
         "alpha": search_cfg.alpha, "batch_size": search_cfg.batch_size, "seed": search_cfg.seed,

@@ -77,7 +77,9 @@ def fill_shape_stats(runs: Sequence[Run]) -> None:
             continue
         tensors = load_file(str(path))
         masks = {c.get("class_index"): tensors.get(f"class_{c.get('class_index')}") for c in run.classes}
-        add_shape_stats(run.classes, {k: v for k, v in masks.items() if v is not None})
+        scores = {c.get("class_index"): tensors.get(f"score_{c.get('class_index')}") for c in run.classes}
+        add_shape_stats(run.classes, {k: v for k, v in masks.items() if v is not None},
+                        {k: v for k, v in scores.items() if v is not None})
 
 
 def _seed(run: Run) -> Any:
