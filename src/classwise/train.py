@@ -91,8 +91,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     setting = cfg.setting
     poisoner = instantiate(setting.poisoner) if setting.get("poisoner") else None
     adversary = instantiate(setting.adversary) if setting.get("adversary") else None
-    dm = build_datamodule(plain(cfg.dataset), plain(cfg.data), cfg.seed, poisoner)
     dataset_cfg, model_cfg = plain(cfg.dataset), plain(cfg.model)
+    dm = build_datamodule(dataset_cfg, plain(cfg.data), cfg.seed, poisoner)
     model = build_classifier(model_cfg, dataset_cfg)
     ckpt = resume_checkpoint(cfg, output_dir)
     meta = {"model": model_cfg, "dataset": dataset_cfg, "setting": plain(setting), "seed": int(cfg.seed)}
