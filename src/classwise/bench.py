@@ -18,6 +18,7 @@ shift both sides alike):
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -88,33 +89,49 @@ def authors_loop(model, canvases, targets, pool, labels, cfg: SearchConfig, step
                     break
 
 
-def bench_model(name: str, channels: int, size: int, classes: int, steps: int, pool_n: int, eval_n: int) -> dict:
+def bench_model(name: str, channels: int, size: int, classes: int, steps: int, pool_n: int, eval_n: int,
+                rounds: int = 5) -> dict:
+    """The four ratios of one model. Each round times every contender back to back on a slice of the work,
+    and a ratio is the median over rounds of its per-round ratio: a burst of other jobs on a shared
+    machine then moves both sides of a ratio, not one."""
     torch.manual_seed(0)
     model = build_model(name, channels, classes, size, [0.5] * channels, [0.25] * channels)
     pool = torch.rand(pool_n, channels, size, size)
     labels = torch.arange(pool_n) % classes
     canvases = torch.rand(classes, channels, size, size)
     targets = list(range(classes))
-    cfg = SearchConfig(steps=steps)  # the paper's batch of 4 images per class per step
-    search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(steps=2), progress=False)
-    t_batched = _timed(lambda: search_patterns(model, canvases, targets, pool, labels, cfg, progress=False))
-    t_loop = _timed(lambda: [search_patterns(model, canvases[k : k + 1], [k], pool, labels, cfg, progress=False)
-                             for k in targets])
-    t_authors = _timed(lambda: authors_loop(model, canvases, targets, pool, labels, cfg, steps))
+    per_round = max(1, steps // rounds)
+    cfg = SearchConfig(steps=per_round)  # the paper's batch of 4 images per class per step
     batch = classes * cfg.batch_size
-    plain = plain_grad_rate(model, pool[:batch], labels[:batch], steps)
-    search_rate = steps * batch / t_batched
     pix = top_pixels(torch.rand(classes, 1, size, size), 0.05)
     images, image_labels = pool[:eval_n], labels[:eval_n]
-    t_eval = _timed(lambda: attack_successes(model, canvases, pix, torch.tensor(targets), images, image_labels))
-    eval_rate = classes * eval_n / t_eval
-    infer = inference_rate(model, pool, 256, max(2, classes * eval_n // 256))
+    search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(steps=2), progress=False)  # warm-up
+    seconds: dict[str, list[float]] = {k: [] for k in ("batched", "loop", "authors", "plain", "eval", "infer")}
+    for _ in range(rounds):
+        seconds["batched"].append(_timed(lambda: search_patterns(model, canvases, targets, pool, labels, cfg, progress=False)))
+        seconds["loop"].append(_timed(lambda: [search_patterns(model, canvases[k : k + 1], [k], pool, labels, cfg,
+                                                               progress=False) for k in targets]))
+        seconds["authors"].append(_timed(lambda: authors_loop(model, canvases, targets, pool, labels, cfg, per_round)))
+        seconds["plain"].append(per_round * batch / plain_grad_rate(model, pool[:batch], labels[:batch], per_round))
+        seconds["eval"].append(_timed(lambda: attack_successes(model, canvases, pix, torch.tensor(targets), images,
+                                                               image_labels)))
+        n_infer = max(1, classes * eval_n // 256)
+        seconds["infer"].append(n_infer * 256 / inference_rate(model, pool, 256, n_infer))
+
+    def ratio(num: str, den: str) -> float:
+        return statistics.median(a / b for a, b in zip(seconds[num], seconds[den], strict=True))
+
+    total = {k: sum(v) for k, v in seconds.items()}
     return {
-        "model": f"{name} {size}x{size}", "classes": classes, "steps": steps,
-        "fwd+bwd img/s": plain, "search img/s": search_rate, "(a) search/fwd+bwd": search_rate / plain,
-        "inference img/s": infer, "eval img/s": eval_rate, "(b) eval/inference": eval_rate / infer,
-        "batched s": t_batched, "per-class loop s": t_loop, "(c) loop/batched": t_loop / t_batched,
-        "authors' loop s": t_authors, "(d) authors/batched": t_authors / t_batched,
+        "model": f"{name} {size}x{size}", "classes": classes, "steps": per_round * rounds,
+        "fwd+bwd img/s": per_round * rounds * batch / total["plain"],
+        "search img/s": per_round * rounds * batch / total["batched"],
+        "(a) search/fwd+bwd": ratio("plain", "batched"),
+        "inference img/s": rounds * max(1, classes * eval_n // 256) * 256 / total["infer"],
+        "eval img/s": rounds * classes * eval_n / total["eval"],
+        "(b) eval/inference": 1 / ratio("eval", "infer") * (classes * eval_n) / (max(1, classes * eval_n // 256) * 256),
+        "batched s": total["batched"], "per-class loop s": total["loop"], "(c) loop/batched": ratio("loop", "batched"),
+        "authors' loop s": total["authors"], "(d) authors/batched": ratio("authors", "batched"),
     }
 
 
