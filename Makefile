@@ -34,12 +34,12 @@ run: install data ## the embedded default: train small_cnn on Fashion-MNIST (CPU
 	$(BIN)/classwise-train $(ARGS)
 
 test: install ## the test suite (fast tests; `make test-slow` adds the slow ones)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 test-slow: install ## every test, the slow ones included (installs Debian's chromium for the gallery test where it can)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "chromium is missing: the gallery browser test will skip"
-	$(BIN)/pytest -q -m ""
+	$(BIN)/pytest -q -m "" -n auto --dist loadfile
 
 sweep: install data ## the cpu_demo sweep: natural vs BadNets on Fashion-MNIST, ratios 1-10% (outputs/sweeps/cpu_demo)
 	$(BIN)/classwise-train experiment=cpu_demo $(ARGS)

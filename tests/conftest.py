@@ -8,9 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from torch import nn
+# `make test` runs the suite in two pytest-xdist workers (one per core here): each worker, and every
+# command line it starts, then computes on one thread, so the two never fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +36,38 @@ def run_cli(module: str, *overrides: str, root: Path, run_dir: Path | None = Non
     return proc
 
 
+def run_cli_in_process(module: str, *overrides: str, root: Path, run_dir: Path | None = None) -> subprocess.CompletedProcess:
+    """`classwise.<module>.main()` in this process, for input the CLI must refuse before any compute.
+
+    Same entry point, Hydra composition, checks and one-line error as `run_cli`, without the few
+    seconds of a new interpreter importing torch and Lightning; returns what `run_cli(check=False)`
+    returns. `tests/test_cli.py` keeps a subprocess case, so the installed wiring stays tested.
+    """
+    import contextlib
+    import importlib
+    import io
+
+    entry = importlib.import_module(f"classwise.{module}")
+    argv = [f"classwise-{module}", *overrides, *([f"hydra.run.dir={run_dir}"] if run_dir is not None else [])]
+    saved_env = {k: os.environ.get(k) for k in ("CLASSWISE_ROOT", "WANDB_MODE")}
+    saved_argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
+    os.environ.update(CLASSWISE_ROOT=str(root), WANDB_MODE="disabled")
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            entry.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -37,6 +77,16 @@ def cli(tmp_path):
     def _run(module: str, *overrides: str, run_dir: str | Path | None = "run", **kw):
         rd = tmp_path / run_dir if run_dir is not None else None
         return run_cli(module, *overrides, root=tmp_path, run_dir=rd, **kw)
+
+    return _run
+
+
+@pytest.fixture
+def refused(tmp_path):
+    """Run a command line that must be refused before compute, in this process (`run_cli_in_process`)."""
+    def _run(module: str, *overrides: str, run_dir: str | Path | None = "run"):
+        rd = tmp_path / run_dir if run_dir is not None else None
+        return run_cli_in_process(module, *overrides, root=tmp_path, run_dir=rd)
 
     return _run
 

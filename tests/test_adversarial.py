@@ -125,6 +125,6 @@ def test_adversarial_training_run_writes_robust_acc(cli, tmp_path):
     assert res["run"]["setting"] == "adversarial" and len(res["classes"]) == 4
 
 
-def test_unknown_adversarial_method_fails_fast(cli):
-    proc = cli("train", "debug=fast", "setting=adversarial", "setting.adversary.method=trades", check=False)
+def test_unknown_adversarial_method_fails_fast(refused):
+    proc = refused("train", "debug=fast", "setting=adversarial", "setting.adversary.method=trades")
     assert proc.returncode == 2 and "setting.adversary.method" in proc.stderr

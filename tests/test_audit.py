@@ -354,11 +354,11 @@ def test_cli_custom_class_on_an_image_folder(their_pkg, image_folder, cli, tmp_p
     assert not (tmp_path / "ran").exists()
 
 
-def test_cli_torchscript_needs_model_torchscript(their_pkg, cli, tmp_path):
+def test_cli_torchscript_needs_model_torchscript(their_pkg, refused, tmp_path):
     _, Net = their_pkg
     path = tmp_path / "model.pt"
     torch.jit.save(torch.jit.trace(Net(), torch.rand(2, 1, SIZE, SIZE)), str(path))
-    proc = cli("search", "debug=fast", f"checkpoint={path}", check=False)
+    proc = refused("search", "debug=fast", f"checkpoint={path}")
     assert proc.returncode == 2 and "model=torchscript" in proc.stderr and "Traceback" not in proc.stderr
 
 

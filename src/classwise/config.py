@@ -76,6 +76,32 @@ def validate(cfg: DictConfig) -> None:
         nc_config(OmegaConf.to_container(cfg.detector, resolve=True), seed=0)
 
 
+def check_group_choices(argv: list[str]) -> None:
+    """Refuse `group=option` on the command line when conf/<group> has no such option (one line, exit 2).
+
+    Hydra finds this too, but only after printing a multi-line message with its search path and
+    exiting 1. Skipped where the user adds config folders of their own (--config-dir, -cd,
+    hydra.searchpath), whose options this cannot see; sweeps (`a,b`) have each option checked.
+    """
+    if any(a.startswith(("--config-dir", "-cd", "hydra.searchpath")) for a in argv):
+        return
+    root = Path(conf_dir())
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        group = root / key
+        if not eq or not key or key.startswith(("hydra", "-")) or not group.is_dir():
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        values = [] if value in ("", "null") else value.strip("[]").split(",")
+        if any(v.startswith(("${", "glob(", "range(", "choice(")) for v in values):
+            continue
+        for v in values:
+            if v.strip() not in options:
+                print(f"{Path(sys.argv[0]).name}: error: {key}={v.strip()} is unknown; accepted: {', '.join(options)}",
+                      file=sys.stderr)
+                sys.exit(2)
+
+
 def cli_errors(fn):
     """Turn a ConfigError into one line on stderr and exit status 2, with no traceback."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from classwise.builders import (
     plain,
 )
 from classwise.callbacks.distributed import gather_to_rank0
-from classwise.config import cli_errors, conf_dir, validate
+from classwise.config import check_group_choices, cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible
 from classwise.models.external import load_model
@@ -150,6 +151,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_group_choices(sys.argv[1:])
     _main()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from classwise.builders import (
     destroy_process_group,
     plain,
 )
-from classwise.config import cli_errors, conf_dir, validate
+from classwise.config import check_group_choices, cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
@@ -166,6 +167,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_group_choices(sys.argv[1:])
     _main()
 
 

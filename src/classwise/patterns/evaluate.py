@@ -97,15 +97,21 @@ def attack_successes(
             y = labels[i : i + n_img].to(device)
             for g0 in range(0, len(active), group):
                 ps = active[g0 : g0 + group].to(device)  # [g] pattern indices
-                if additive:
-                    pert = torch.where(pixels_d[ps], canvases_d[ps], torch.zeros_like(canvases_d[ps]))
-                    pasted = (x.unsqueeze(0) + pert.unsqueeze(1)).clamp(0, 1)
-                else:
-                    pasted = torch.where(pixels_d[ps].unsqueeze(1), canvases_d[ps].unsqueeze(1), x.unsqueeze(0))
-                g = pasted.shape[0]
-                pred = model(pasted.flatten(0, 1)).argmax(1).view(g, -1)  # [g, n]
                 t = targets_d[ps].unsqueeze(1)
                 others = y.unsqueeze(0) != t  # [g, n]
+                # An image of every pattern's target class counts for none of them: leave it out of
+                # the forward pass (on CPU a group is one pattern, so its class's ~1/K of the images).
+                keep = others.any(0)
+                if not bool(keep.any()):
+                    continue
+                xg, others = (x, others) if bool(keep.all()) else (x[keep], others[:, keep])
+                if additive:
+                    pert = torch.where(pixels_d[ps], canvases_d[ps], torch.zeros_like(canvases_d[ps]))
+                    pasted = (xg.unsqueeze(0) + pert.unsqueeze(1)).clamp(0, 1)
+                else:
+                    pasted = torch.where(pixels_d[ps].unsqueeze(1), canvases_d[ps].unsqueeze(1), xg.unsqueeze(0))
+                g = pasted.shape[0]
+                pred = model(pasted.flatten(0, 1)).argmax(1).view(g, -1)  # [g, n]
                 hits[ps.cpu()] += ((pred == t) & others).sum(1).cpu()
                 seen[ps.cpu()] += others.sum(1).cpu()
             if half_width is not None:
