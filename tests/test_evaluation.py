@@ -74,3 +74,33 @@ def test_sequential_evaluation_stops_early_and_agrees_with_the_whole_set():
     # A target no interval can reach runs to the whole set, which is the cap.
     capped = attack_successes(model, canvases, pixels, targets, images, labels, half_width=1e-4, order_seed=7)
     assert capped.hits.tolist() == whole.hits.tolist() and capped.n.tolist() == whole.n.tolist()
+
+
+class Counting(Threshold):
+    """Threshold that records how many images it was shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("max_forward", [8, 16, 64])  # one pattern a pass, and several (GPU-style groups)
+def test_target_class_images_are_not_forwarded_and_counts_match_a_per_image_loop(max_forward):
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(40, 1, SIDE, SIDE, generator=g)
+    labels = torch.tensor([1] * 8 + [0, 1, 2] * 10 + [2, 0])  # the first pass of 8 is all class 1
+    canvases, pixels, _ = _patterns([0.3, 0.6, 0.9])
+    targets = torch.tensor([1, 0, 1])
+    model = Counting()
+    got = attack_successes(model, canvases, pixels, targets, images, labels, max_forward=max_forward)
+    for p in range(3):
+        pasted = torch.where(pixels[p], canvases[p], images)
+        pred = Threshold()(pasted).argmax(1)
+        others = labels != targets[p]
+        assert got.n[p] == others.sum() and got.hits[p] == ((pred == targets[p]) & others).sum()
+    if max_forward == 8:  # one pattern a pass: each pattern's own class is never forwarded
+        assert model.seen == sum(int((labels != t).sum()) for t in targets)
