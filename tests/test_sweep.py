@@ -70,6 +70,7 @@ def test_seed_aggregation_and_claims_by_hand(two_seed_sweep):
     assert float(row["mean_asr@0.05"]) == pytest.approx(mean, abs=1e-9)
     assert float(row["mean_asr@0.05_ci95"]) == pytest.approx(half, rel=1e-5)
     assert row["mean_asr@0.05_n"] == "2"
+    assert "mean_asr_ci@0.05" not in row  # each run's own eval interval stays in summary.csv
     # Per class: one row per class, class 1's ASR at 2% by hand.
     rows = _csv_rows(report / "per_class_seeds.csv")
     assert sorted(int(r["class_index"]) for r in rows) == [0, 1, 2, 3]

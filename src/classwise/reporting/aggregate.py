@@ -7,7 +7,9 @@ so the seeds of one sweep cell fall into one group whatever the sweep's other ke
   (t_{0.975, n-1} * sd / sqrt(n); blank for n < 2) and n, the number of rows with a value;
 - a categorical column (a class index such as `predicted_target`, a text, a list) shows its value when
   every seed agrees, else each value with how many seeds gave it (`7 x2, 3 x1`);
-- `class_index` (per-class rows) is part of the group, so each class is aggregated on its own.
+- `class_index` (per-class rows) is part of the group, so each class is aggregated on its own;
+- a run's own interval column (`[low, high]` of its eval images, e.g. `mean_asr_ci@0.05`) is left to
+  the per-run table: over seeds, the t-interval of the run means is the one that counts.
 
 Markdown and LaTeX show `mean ± half-width`; the CSV keeps mean, half-width and n in their own columns.
 """
@@ -86,6 +88,13 @@ def _is_numeric(table: Table, col: str) -> bool:
     return bool(vals) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals)
 
 
+def _is_interval(table: Table, col: str) -> bool:
+    """A per-run interval ([low, high] of one run's eval images): over seeds the t-interval replaces it."""
+    vals = [r.get(col) for r in table.rows if r.get(col) is not None]
+    return bool(vals) and all(isinstance(v, list | tuple) and len(v) == 2
+                              and all(isinstance(x, int | float) for x in v) for v in vals)
+
+
 def _categorical(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
     if not present:
@@ -130,7 +139,10 @@ def aggregate_table(table: Table) -> SeedTable:
     """Group `table`'s rows by configuration (and class), aggregate every other column over seeds."""
     keys = [k for k in ROW_KEYS if k in table.columns]
     numeric = [c for c in table.columns if _is_numeric(table, c) and c not in keys]
-    other = [c for c in table.columns if c not in DROPPED and c not in keys and c not in numeric]
+    # Each run's own eval-sampling interval stays in the per-run table; across seeds the spread of
+    # the run means (the t-interval) is the interval that counts.
+    other = [c for c in table.columns
+             if c not in DROPPED and c not in keys and c not in numeric and not _is_interval(table, c)]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in table.rows:
         key = (config_of(as_text(row.get("run"))), *(row.get(k) for k in keys))
