@@ -53,6 +53,7 @@ claims: install data ## the paper's claims, 3 seeds on Fashion-MNIST (18 jobs + 
 
 claims-report: install ## tables over seeds, claims.md, plots, gallery of the claims sweep
 	$(BIN)/classwise-report outputs/sweeps/paper_claims
+	$(BIN)/python experiments/paper_claims_readme.py outputs/sweeps/paper_claims/report | tee outputs/sweeps/paper_claims/report/readme_tables.md
 
 bench: install ## search throughput and batched-vs-loop speedup (prints a table)
 	$(BIN)/python -m classwise.bench
