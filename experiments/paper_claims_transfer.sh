@@ -17,6 +17,7 @@ for i in "${!SEEDS[@]}"; do
     [ -f "$run/results.json" ] || { echo "paper_claims_transfer: $run has no results.json; run 'make claims' first" >&2; exit 1; }
   done
   echo "== seed $a's model, seed $b's patterns -> $out"
-  "$BIN/classwise-search" checkpoint="$model" patterns_from="$patterns" seed="$a" \
-    search.eval_max_per_class=100 search.eval_ci=0.05 logger=none hydra.run.dir="$out"
+  # Quoted for Hydra: the sweep's folder names hold '=' and ',' (claim=natural,seed=0).
+  "$BIN/classwise-search" "checkpoint='$model'" "patterns_from='$patterns'" seed="$a" \
+    search.eval_max_per_class=100 search.eval_ci=0.05 logger=none "hydra.run.dir='$out'"
 done

@@ -127,3 +127,31 @@ def test_wandb_offline_run_has_the_patterns_table_and_images(tmp_path):
     assert "canvas" in table["columns"] and len(table["data"]) == 4
     images = list(runs[0].rglob("*.png"))
     assert len(images) >= 12  # canvas, mask and pattern per class
+
+
+def test_claims_transfer_script_on_folders_named_like_the_claims_sweep(two_seed_sweep, tmp_path):
+    """experiments/paper_claims_transfer.sh on run folders named as experiment=paper_claims names them
+    (`claim=natural,seed=0`: '=' and ',' that Hydra's override grammar must get quoted), then rerun."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, sweep, _ = two_seed_sweep
+    claims = tmp_path / "paper_claims"
+    for seed in (0, 1):
+        (run,) = [p.parent for p in sweep.rglob("results.json") if f"seed={seed}" in p.parent.name]
+        shutil.copytree(run, claims / f"claim=natural,seed={seed}")
+    script = Path(__file__).resolve().parents[1] / "experiments" / "paper_claims_transfer.sh"
+    env = {**os.environ, "SWEEP": str(claims), "SEEDS": "0 1", "BIN": str(Path(sys.executable).parent),
+           "CLASSWISE_ROOT": str(tmp_path), "WANDB_MODE": "disabled"}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for seed, other in ((0, 1), (1, 0)):
+        res = json.loads((claims / "transfer_natural" / f"seed={seed}" / "results.json").read_text())
+        source = json.loads((claims / f"claim=natural,seed={other}" / "results.json").read_text())
+        assert res["transfer"]["pattern_ratios"] == [0.02, 0.05]
+        assert [c["class_index"] for c in res["transfer"]["classes"]] == [c["class_index"] for c in source["classes"]]
+    again = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("skip ") == 2
