@@ -104,3 +104,22 @@ def test_target_class_images_are_not_forwarded_and_counts_match_a_per_image_loop
         assert got.n[p] == others.sum() and got.hits[p] == ((pred == targets[p]) & others).sum()
     if max_forward == 8:  # one pattern a pass: each pattern's own class is never forwarded
         assert model.seen == sum(int((labels != t).sum()) for t in targets)
+
+
+def test_base_rates_stop_like_the_patterns_and_agree_with_the_whole_split():
+    from classwise.patterns.evaluate import base_rates, held_out_base_rates, predict
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(6000, 1, SIDE, SIDE, generator=g)
+    images[:3000, 0, 0, 0] = 0.0  # half the images cannot be class 1: base rate of 1 about 0.25
+    labels = torch.arange(6000) % 3
+    targets = torch.tensor([0, 1, 2])
+    model = Threshold()
+    whole = base_rates(predict(model, images), labels, targets)
+    assert torch.equal(held_out_base_rates(model, images, labels, targets).hits, whole.hits)
+    seq = held_out_base_rates(model, images, labels, targets, half_width=0.03, order_seed=7, batch_size=256)
+    assert (seq.n < whole.n).all() and (seq.half_width() <= 0.03).all()
+    for k in range(3):
+        lo, hi = wilson_interval(int(seq.hits[k]), int(seq.n[k]))
+        assert lo <= float(whole.rate[k]) <= hi
+    assert seq.rate[2] == 0  # the model never answers 2: zero hits, whatever the order

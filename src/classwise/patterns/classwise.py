@@ -32,7 +32,7 @@ from classwise.patterns.evaluate import (
     attack_success_rates,
     attack_successes,
     base_rates,
-    predict,
+    held_out_base_rates,
     random_pixels,
 )
 from classwise.patterns.search import (
@@ -179,9 +179,10 @@ def classwise_patterns(
 
     with timer("evaluation"):
         asr = held_out(canv, torch.stack([top_pixels(masks, r, scores) for r in ratios], 1))  # [K, R]
-        if eval_predictions is None:
-            eval_predictions = predict(model, eval_x, eval_forward)
-        base = base_rates(eval_predictions, eval_y, tgt)  # [K]
+        if eval_predictions is None:  # sequential like the patterns: same order, same stopping rule
+            base = held_out_base_rates(model, eval_x, eval_y, tgt, eval_ci, order_seed, eval_forward)  # [K]
+        else:
+            base = base_rates(eval_predictions, eval_y, tgt)  # [K]
     baseline_rates: dict[str, Rates] = {}  # name -> [K, R]
     if "random" in baselines:
         with timer("baselines.random"):

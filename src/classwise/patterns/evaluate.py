@@ -132,6 +132,34 @@ def base_rates(predictions: torch.Tensor, labels: torch.Tensor, targets: torch.T
     return Rates(hits, others.sum(1))
 
 
+@torch.no_grad()
+def held_out_base_rates(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
+                        half_width: float | None = None, order_seed: int = 0,
+                        batch_size: int | None = None) -> Rates:
+    """Base rates [P] (no paste) on the eval split, sequential like `attack_successes`.
+
+    With `half_width`, images are predicted in the same seeded order as the patterns are evaluated
+    in, a pass at a time, until every target's Wilson interval is at most +-half_width wide (a base
+    rate near 0 is settled after a few hundred images); None predicts every image.
+    """
+    if half_width is None:
+        return base_rates(predict(model, images, batch_size), labels, targets)
+    device = next(model.parameters()).device
+    batch_size = images_per_pass(model, tuple(images.shape[1:]), batch_size, backward=False, default=256)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(order_seed))
+    hits = torch.zeros(len(targets), dtype=torch.long)
+    seen = torch.zeros(len(targets), dtype=torch.long)
+    with frozen(model):
+        for i in range(0, len(images), batch_size):
+            idx = order[i : i + batch_size]
+            pred = model(as_float(images[idx].to(device))).argmax(1).cpu()
+            step = base_rates(pred, labels[idx], targets)
+            hits, seen = hits + step.hits, seen + step.n
+            if bool((Rates(hits, seen).half_width() <= half_width).all()):
+                break
+    return Rates(hits, seen)
+
+
 def random_pixels(shape: tuple[int, int], ratios: list[float], generator: torch.Generator) -> list[torch.Tensor]:
     """Nested random pixel sets, one [1, H, W] bool per ratio, from one permutation."""
     from classwise.patterns.search import pattern_pixel_count
