@@ -7,7 +7,8 @@ seeds as a mean with its 95% Student-t interval (reporting/aggregate.estimate). 
 - does not hold: the interval lies below 0 (its high end < 0);
 - inconclusive: the interval contains 0, or fewer than 2 seeds (no interval).
 
-Claim 5 counts seeds instead (see CLAIM5_RULE). Runs are told apart by `run.setting`, the backdoor's
+Claim 5 counts seeds instead (see CLAIM5_RULE). Claim 3 reads only the backdoored runs whose trigger
+works (backdoor ASR >= INSTALLED); the others are named in its note. Runs are told apart by `run.setting`, the backdoor's
 trigger (`metrics.backdoor.trigger`) and the seed; transfer runs (a `transfer` block) feed claim 6 only.
 """
 
@@ -39,6 +40,9 @@ SIMPLER = ("connected components (8-neighbourhood) of the pattern's pixels at th
            "a shape-like pattern is one or a few blobs, a noise-like one is many scattered pixels; it counts "
            "what is pasted at an equal pixel budget and ignores the canvas. The mask's total variation "
            "(`mask_tv`) is shown beside it")
+# Claim 3 reads a backdoored run only where the trigger works (backdoor ASR >= this): a model that did
+# not learn its trigger has no planted pattern to find, and counting it would test nothing.
+INSTALLED = 0.5
 WHOLE_IMAGE = 0.5  # a trigger on at least this share of the pixels (Blend, SIG) leaves "on the trigger" untestable
 
 
@@ -184,6 +188,12 @@ def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
     # 3. the backdoor target's pattern: most predictive at the smallest ratio, detected, on the trigger.
     spct = f"{float(small):.0%}" if as_number(small) is not None else small
     for trigger in sorted(backdoor):
+        every = backdoor[trigger]
+        backdoor[trigger] = [r for r in every if (as_number(r.metrics.get("backdoor_asr")) or 0.0) >= INSTALLED]
+        left_out = [r for r in every if r not in backdoor[trigger]]
+        excluded = (f"; {len(left_out)} of {len(every)} seeds left out, their backdoor ASR "
+                    f"{', '.join(_fmt(as_number(r.metrics.get('backdoor_asr'))) for r in left_out)} < {INSTALLED}: "
+                    "the model did not learn the trigger" if left_out else "")
         margins, ours, nc, on_trigger = [], [], [], []
         for r in backdoor[trigger]:
             det = r.data.get("detection") if isinstance(r.data.get("detection"), dict) else {}
@@ -202,7 +212,7 @@ def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
         note = (f"target detected: ours {sum(hits)}/{len(hits)}"
                 + (f", Neural Cleanse {sum(nc_hits)}/{len(nc_hits)}" if nc_hits else "")
                 + (f"; target pixels on the trigger at {spct}: {_fmt(mean(on_trigger))}"
-                   if mean(on_trigger) is not None else ""))
+                   if mean(on_trigger) is not None else "") + excluded)
         claims.append(Claim(f"3-{trigger}", f"{trigger}: the target class has the most predictive small pattern",
                             f"target's ASR@{spct} − best other class's ASR@{spct}, per seed", est, verdict(est), note))
         # ... the smallest one (mask L1), and on the trigger (beyond the trigger's own share of the image).
@@ -272,6 +282,9 @@ def claims_markdown(claims: Sequence[Claim], n_runs: int) -> str:
              "interval (t_{0.975,n-1}·sd/√n), n = seeds with the statistic.", "",
              f"**Verdict rule** (claims 1-4, 6): {RULE}.", "",
              f"**Claim 5 rule**: {CLAIM5_RULE}.", "",
+             f"**Claim 3 reads** only the backdoored runs whose trigger works (backdoor ASR >= {INSTALLED}): "
+             "a model that did not learn its trigger has no planted pattern to find; the runs left out are "
+             "named in the note.", "",
              f"**Simpler** (claim 4b): {SIMPLER}.", "",
              "| # | claim | statistic | value | n | verdict | note |", "|---|---|---|---:|---:|---|---|"]
     for c in claims:
