@@ -46,3 +46,19 @@ def test_backdoor_claim_has_smallest_and_on_trigger_rows_by_hand():
     assert rows["3-blend-on"].verdict == "inconclusive" and rows["3-blend-on"].value is None
     assert "100%" in rows["3-blend-on"].note
     assert rows["3-blend-small"].value.mean == pytest.approx(math.log(40 / 70))  # not the smallest: < 0
+
+
+def test_a_backdoor_the_model_did_not_learn_is_left_out_of_claim_3_and_named():
+    learned = _run(0, "badnets", BADNETS, 0, [5.0, 40.0, 60.0], [0.9, 0.1, 0.2], 0.625)
+    learned.data["metrics"]["backdoor_asr"] = 0.99
+    also = _run(1, "badnets", BADNETS, 2, [50.0, 45.0, 9.0], [0.1, 0.3, 0.95], 0.75)
+    also.data["metrics"]["backdoor_asr"] = 0.97
+    missed = _run(2, "badnets", BADNETS, 1, [50.0, 45.0, 60.0], [0.1, 0.3, 0.05], 0.0)
+    missed.data["metrics"]["backdoor_asr"] = 0.12
+    rows = {c.number: c for c in build_claims([learned, also, missed])[0]}
+    assert rows["3-badnets"].value.n == 2
+    assert rows["3-badnets"].value.mean == pytest.approx(((0.9 - 0.2) + (0.95 - 0.3)) / 2)
+    assert "1 of 3 seeds left out" in rows["3-badnets"].note and "0.120" in rows["3-badnets"].note
+    assert rows["3-badnets-small"].value.n == 2
+    only_missed = {c.number: c for c in build_claims([missed])[0]}
+    assert only_missed["3-badnets"].verdict == "inconclusive" and only_missed["3-badnets"].value is None

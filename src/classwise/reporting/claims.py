@@ -133,6 +133,12 @@ def _trigger_area(run: Run) -> float | None:
         return None
 
 
+def _not_installed(run: Run) -> bool:
+    """A backdoored run whose measured backdoor ASR is below INSTALLED (a run without one is kept)."""
+    asr = as_number(run.metrics.get("backdoor_asr"))
+    return asr is not None and asr < INSTALLED
+
+
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
@@ -189,7 +195,7 @@ def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
     spct = f"{float(small):.0%}" if as_number(small) is not None else small
     for trigger in sorted(backdoor):
         every = backdoor[trigger]
-        backdoor[trigger] = [r for r in every if (as_number(r.metrics.get("backdoor_asr")) or 0.0) >= INSTALLED]
+        backdoor[trigger] = [r for r in every if not _not_installed(r)]
         left_out = [r for r in every if r not in backdoor[trigger]]
         excluded = (f"; {len(left_out)} of {len(every)} seeds left out, their backdoor ASR "
                     f"{', '.join(_fmt(as_number(r.metrics.get('backdoor_asr'))) for r in left_out)} < {INSTALLED}: "
