@@ -85,6 +85,13 @@ def test_paper_claims_moves_the_backdoor_target_with_the_seed():
     assert adv.setting.adversary.method == "fgsm_rs" and adv.detector.name == "neural_cleanse"
 
 
+def test_a_claim_jobs_own_setting_wins_over_the_experiments():
+    # whole-image triggers train 4 epochs, every other job the experiment's 1 (claim follows experiment)
+    epochs = {c: compose_train("experiment=paper_claims", f"claim={c}").trainer.max_epochs
+              for c in ("natural", "badnets", "blend", "sig", "adversarial")}
+    assert epochs == {"natural": 1, "badnets": 1, "blend": 4, "sig": 4, "adversarial": 1}
+
+
 @pytest.mark.parametrize("claim", ["natural", "badnets", "blend", "trojan", "sig", "adversarial"])
 def test_paper_claims_jobs_pass_the_checks_before_compute(claim):
     # Every job of the sweep, Neural Cleanse's settings included (they are only used after training
