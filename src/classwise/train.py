@@ -106,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_classes=dataset_cfg["num_classes"],
         adversary=adversary,
         meta=meta,
+        channels_last=bool(cfg.module.get("channels_last", False)),
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
     logger = build_logger(cfg, "train")
