@@ -107,6 +107,7 @@ def bench_model(name: str, channels: int, size: int, classes: int, steps: int, p
     images, image_labels = pool[:eval_n], labels[:eval_n]
     search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(steps=2), progress=False)  # warm-up
     seconds: dict[str, list[float]] = {k: [] for k in ("batched", "loop", "authors", "plain", "eval", "infer")}
+    n_infer = max(1, classes * eval_n // 256)  # 256-image inference passes, about the evaluation's images
     for _ in range(rounds):
         seconds["batched"].append(_timed(lambda: search_patterns(model, canvases, targets, pool, labels, cfg, progress=False)))
         seconds["loop"].append(_timed(lambda: [search_patterns(model, canvases[k : k + 1], [k], pool, labels, cfg,
@@ -115,7 +116,6 @@ def bench_model(name: str, channels: int, size: int, classes: int, steps: int, p
         seconds["plain"].append(per_round * batch / plain_grad_rate(model, pool[:batch], labels[:batch], per_round))
         seconds["eval"].append(_timed(lambda: attack_successes(model, canvases, pix, torch.tensor(targets), images,
                                                                image_labels)))
-        n_infer = max(1, classes * eval_n // 256)
         seconds["infer"].append(n_infer * 256 / inference_rate(model, pool, 256, n_infer))
 
     def ratio(num: str, den: str) -> float:
@@ -127,9 +127,9 @@ def bench_model(name: str, channels: int, size: int, classes: int, steps: int, p
         "fwd+bwd img/s": per_round * rounds * batch / total["plain"],
         "search img/s": per_round * rounds * batch / total["batched"],
         "(a) search/fwd+bwd": ratio("plain", "batched"),
-        "inference img/s": rounds * max(1, classes * eval_n // 256) * 256 / total["infer"],
+        "inference img/s": rounds * n_infer * 256 / total["infer"],
         "eval img/s": rounds * classes * eval_n / total["eval"],
-        "(b) eval/inference": 1 / ratio("eval", "infer") * (classes * eval_n) / (max(1, classes * eval_n // 256) * 256),
+        "(b) eval/inference": 1 / ratio("eval", "infer") * (classes * eval_n) / (n_infer * 256),
         "batched s": total["batched"], "per-class loop s": total["loop"], "(c) loop/batched": ratio("loop", "batched"),
         "authors' loop s": total["authors"], "(d) authors/batched": ratio("authors", "batched"),
     }

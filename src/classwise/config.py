@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -76,6 +76,12 @@ def validate(cfg: DictConfig) -> None:
         nc_config(OmegaConf.to_container(cfg.detector, resolve=True), seed=0)
 
 
+def refuse(message: object) -> NoReturn:
+    """The CLIs' answer to bad input: `<command>: error: <message>` on stderr, exit status 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def check_group_choices(argv: list[str]) -> None:
     """Refuse `group=option` on the command line when conf/<group> has no such option (one line, exit 2).
 
@@ -97,9 +103,7 @@ def check_group_choices(argv: list[str]) -> None:
             continue
         for v in values:
             if v.strip() not in options:
-                print(f"{Path(sys.argv[0]).name}: error: {key}={v.strip()} is unknown; accepted: {', '.join(options)}",
-                      file=sys.stderr)
-                sys.exit(2)
+                refuse(f"{key}={v.strip()} is unknown; accepted: {', '.join(options)}")
 
 
 def cli_errors(fn):
@@ -129,8 +133,7 @@ def cli_errors(fn):
                 return None  # FailedJobs makes the whole multirun exit non-zero at its end
             if cause is None:
                 raise
-            print(f"{Path(sys.argv[0]).name}: error: {cause}", file=sys.stderr)
-            sys.exit(2)
+            refuse(cause)
 
     return wrapper
 

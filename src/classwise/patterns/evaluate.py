@@ -26,6 +26,12 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int | None = Non
 EVAL_ORDER_KEY = 5_000_000  # stream key of the eval split's random order (one order for every pattern)
 
 
+def eval_order(n: int, order_seed: int) -> torch.Tensor:
+    """The seeded random order in which sequential evaluation visits the n eval images (patterns,
+    baselines and base rates alike)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(order_seed))
+
+
 @dataclass
 class Rates:
     """Counted rates of P patterns: hits [P] out of n [P] images, with their Wilson intervals."""
@@ -85,7 +91,7 @@ def attack_successes(
     n_img = min(len(images), max(1, max_forward))
     group = max(1, max_forward // max(n_img, 1))
     if half_width is not None:
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(order_seed))
+        order = eval_order(len(images), order_seed)
         images, labels = images[order], labels[order]
     active = torch.arange(p_total)
     canvases_d, pixels_d, targets_d = canvases.to(device), pixels.to(device), targets.to(device)
@@ -146,7 +152,7 @@ def held_out_base_rates(model: nn.Module, images: torch.Tensor, labels: torch.Te
         return base_rates(predict(model, images, batch_size), labels, targets)
     device = next(model.parameters()).device
     batch_size = images_per_pass(model, tuple(images.shape[1:]), batch_size, backward=False, default=256)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(order_seed))
+    order = eval_order(len(images), order_seed)
     hits = torch.zeros(len(targets), dtype=torch.long)
     seen = torch.zeros(len(targets), dtype=torch.long)
     with frozen(model):

@@ -195,8 +195,8 @@ def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
     spct = f"{float(small):.0%}" if as_number(small) is not None else small
     for trigger in sorted(backdoor):
         every = backdoor[trigger]
+        left_out = [r for r in every if _not_installed(r)]
         backdoor[trigger] = [r for r in every if not _not_installed(r)]
-        left_out = [r for r in every if r not in backdoor[trigger]]
         excluded = (f"; {len(left_out)} of {len(every)} seeds left out, their backdoor ASR "
                     f"{', '.join(_fmt(as_number(r.metrics.get('backdoor_asr'))) for r in left_out)} < {INSTALLED}: "
                     "the model did not learn the trigger" if left_out else "")
