@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's Fashion-MNIST tables on CPU (2 cores, about an hour): natural vs adversarial, the
-# baselines, the four backdoor triggers with both detectors, and transfer small_cnn <-> resnet18.
+# baselines, the four backdoor triggers with every detector, and transfer small_cnn <-> resnet18.
 # A run whose results.json is complete is skipped, so an interrupted script resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,11 +20,11 @@ transfer() {
     hydra.run.dir="$OUT/$name"
 }
 # Natural and adversarial: every baseline, the whole eval split, PGD-20 robust accuracy for both.
-train natural robust_eval=true detector=neural_cleanse
+train natural robust_eval=true detector=all
 train adversarial setting=adversarial setting.adversary.method=fgsm_rs
-# Backdoors: both detectors; eval capped at 500 images per class.
+# Backdoors: every detector; eval capped at 500 images per class.
 for trigger in badnets blend trojan sig; do
-  train "backdoor_$trigger" setting=backdoor trigger=$trigger detector=neural_cleanse \
+  train "backdoor_$trigger" setting=backdoor trigger=$trigger detector=all \
     'search.pattern_ratios=[0.01,0.05]' search.eval_max_per_class=500 'search.baselines=[random]'
 done
 # A second architecture for the transfer table (short schedule: ResNet-18 is slow on CPU).

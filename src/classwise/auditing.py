@@ -47,25 +47,35 @@ class Audit:
 
     @property
     def detection(self) -> dict[str, Any] | None:
+        """The run's verdict block (its first detector's): verdict, reason, score, predicted_target, threat_model."""
         return self.results.get("detection")
 
     @property
+    def detectors(self) -> dict[str, dict[str, Any]]:
+        """Every detector's block by name (results.json `detectors`)."""
+        from classwise.reporting.results import detector_blocks
+
+        return detector_blocks(self.results)
+
+    @property
     def flagged(self) -> list[str]:
-        """Names of the classes the detector flags as a backdoor's target (empty: none)."""
+        """Names of the classes the run's detector names as a backdoor's target (empty: none)."""
         names = {c["class_index"]: c["class_name"] for c in self.classes}
-        return [names[i] for i in (self.detection or {}).get("flagged", [])]
+        det = self.detection or {}
+        target = det.get("predicted_target")
+        return [names[target]] if det.get("verdict") == "backdoored" and target in names else []
 
     @property
     def verdict(self) -> str:
+        """`backdoored: ...`, `clean: ...` or `abstained: ...` with the reason and the threat model; never
+        `clean` for a detector that could not judge."""
         det = self.detection
         if not det:
-            return "no verdict: detection needs 3 or more searched classes"
-        index = dict(zip(det["classes"], det["anomaly_index"], strict=True))
+            return "abstained: no detector ran (detector=none)"
         names = {c["class_index"]: c["class_name"] for c in self.classes}
-        if det["flagged"]:
-            return "backdoor suspected: " + ", ".join(
-                f"class {i} ({names[i]}), anomaly index {index[i]:.1f} > {det['threshold']:g}" for i in det["flagged"])
-        return f"no class stands out (anomaly index of the smallest pattern <= {det['threshold']:g})"
+        target = det.get("predicted_target")
+        named = f" class {target} ({names[target]})," if target in names else ""
+        return f"{det['verdict']}:{named} {det['reason']} [{det['detector']}, threat model {det['threat_model']}]"
 
     def asr(self, ratio: float | None = None) -> dict[str, float]:
         """Class name -> held-out attack success rate of its pattern at `ratio` (default: the first searched)."""
@@ -147,6 +157,31 @@ def search_settings(search: str | Mapping[str, Any], seed: int, **overrides: Any
     return settings
 
 
+def detector_settings(detector: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """An option of conf/detector (its blocks by name) or the group's dict as given; validated."""
+    from omegaconf import OmegaConf
+
+    from classwise.pipeline.detection_step import build_detectors
+
+    if detector is None:
+        return {}
+    if isinstance(detector, Mapping):
+        blocks = {k: dict(v) for k, v in detector.items()}
+    else:
+        options = sorted(p.stem for p in (Path(_conf_dir()) / "detector").glob("*.yaml"))
+        if detector not in options:
+            raise ConfigError(f"detector={detector!r} is unknown; accepted: {', '.join(options)}")
+        blocks = OmegaConf.to_container(_compose([f"detector={detector}"]).detector, resolve=True) or {}
+    build_detectors(blocks)
+    return blocks
+
+
+def _conf_dir() -> str:
+    from classwise.config import conf_dir
+
+    return conf_dir()
+
+
 def _datamodule(dataset: Any, test: Dataset | None, seed: int, search_fraction: float):
     """A ClasswiseDataModule from a Dataset (class names from its `.classes`), a dataset config or name, or as given."""
     from omegaconf import OmegaConf
@@ -197,7 +232,8 @@ def audit(
     input: Mapping[str, Any] | InputConvention | None = None,  # noqa: A002 - the config group's word
     model_cfg: Mapping[str, Any] | None = None,
     search: str | Mapping[str, Any] = "paper",
-    detector: str | Mapping[str, Any] | None = None,
+    detector: str | Mapping[str, Any] | None = "default",
+    threat_model: str = "clean_data",
     output_dir: str | Path | None = None,
     seed: int = 0,
     search_fraction: float = 0.2,
@@ -214,6 +250,9 @@ def audit(
     conf/dataset; or a ClasswiseDataModule. test: a second Dataset for the search pool and the
     evaluation images (disjoint shares of it); by default both come from `dataset`. search: a preset
     of conf/search or a dict; search_overrides: any search key (pattern_ratios, baselines, classes, ...).
+    detector: an option of conf/detector (`default`, `universal_patch`, `patterns`, `neural_cleanse`,
+    `all`, `none`) or the group's dict; threat_model: clean_data (detectors read only the clean split)
+    or training_data.
     Outputs (masks, figures, results.json) go to `output_dir` (default: a new temporary folder).
     """
     from classwise.models.external import load_model
@@ -240,9 +279,9 @@ def audit(
         raise ConfigError(f"model is a {type(model).__name__}; accepted: a torch.nn.Module or a checkpoint path")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net.to(device)
-    detector_cfg = {"name": detector} if isinstance(detector, str) else dict(detector or {})
+    detector_cfg = detector_settings(detector)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="classwise-audit-"))
-    run_pattern_search(net, dm, settings, out, detector=detector_cfg, progress=progress)
+    run_pattern_search(net, dm, settings, out, detector=detector_cfg, progress=progress, threat_model=threat_model)
     update_results(out, run={**run, "output_dir": str(out), "config": {"search": settings}},
                    metrics={"clean_acc": clean_accuracy(net, dm)})
     return Audit.from_run(out)

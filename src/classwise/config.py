@@ -69,11 +69,16 @@ def validate(cfg: DictConfig) -> None:
     setting = OmegaConf.select(cfg, "setting.name")
     if "setting" in cfg and setting is None:
         raise ConfigError("setting.name is missing; accepted: natural, backdoor, adversarial")
-    if OmegaConf.select(cfg, "detector.name") == "neural_cleanse":
-        # Neural Cleanse runs after training and the search: a bad key must not cost those minutes.
-        from classwise.patterns.neural_cleanse import nc_config
+    if "detector" in cfg:
+        # Detectors run after training and the search: a bad key or a threat model the data breaks
+        # must not cost those minutes.
+        from classwise.pipeline.detection_step import build_detectors, check_threat_model_data, resolve_canvas_source
 
-        nc_config(OmegaConf.to_container(cfg.detector, resolve=True), seed=0)
+        detectors = build_detectors(OmegaConf.to_container(cfg.detector, resolve=True) if cfg.detector else {})
+        threat_model = cfg.get("threat_model", "clean_data")
+        source = resolve_canvas_source(OmegaConf.select(cfg, "search.canvas_source"), threat_model)
+        poisoned = bool(OmegaConf.select(cfg, "setting.poisoner._target_"))  # classwise-search: checked on the checkpoint
+        check_threat_model_data(detectors, threat_model, source, poisoned)
 
 
 def refuse(message: object) -> NoReturn:

@@ -53,6 +53,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("classwise_run_dir", run_folder, use_cache=True)
     if not OmegaConf.has_resolver("classwise_seed_class"):
         OmegaConf.register_new_resolver("classwise_seed_class", seed_class)
+    if not OmegaConf.has_resolver("classwise_member_seed"):
+        from classwise.population import member_seed
+
+        OmegaConf.register_new_resolver("classwise_member_seed", member_seed)
 
 
 def seed_class(seed, num_classes) -> int:

@@ -29,7 +29,7 @@ from classwise.models.external import load_model
 from classwise.models.loading import read_checkpoint
 from classwise.pipeline.search_step import run_pattern_search
 from classwise.progress import quiet_libraries
-from classwise.reporting.results import update_results
+from classwise.reporting.results import read_results, update_results
 
 log = logging.getLogger(__name__)
 MATCH_KEYS = ("name", "image_size", "channels", "num_classes")
@@ -67,6 +67,11 @@ def configs_for(cfg: DictConfig, meta: dict[str, Any]) -> tuple[dict, dict, dict
 def search(cfg: DictConfig) -> dict[str, Any] | None:
     """Validate, then run the search on every process of the configured strategy (rank 0 writes)."""
     validate(cfg)
+    if cfg.get("skip_finished"):
+        done = read_results(Path(cfg.paths.output_dir))
+        if done.get("detectors") is not None and (done.get("run") or {}).get("config", {}).get("detector") == plain(cfg.detector):
+            print(f"skipped: {Path(cfg.paths.output_dir) / 'results.json'} holds this detector config")
+            return done
     trainer_cfg = plain(cfg.trainer)
     check_launch(trainer_cfg)
     if cfg.get("checkpoint"):
@@ -115,6 +120,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
             model, dm, cfg.search, output_dir, rank=rank, world_size=world,
             gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
             detector=plain(cfg.get("detector")), trigger=trigger, target_class=target, progress=rank == 0,
+            threat_model=cfg.get("threat_model", "clean_data"),
         )
     if rank != 0:
         return None

@@ -17,7 +17,7 @@ class PatternSearch(Callback):
     """After `fit`, find every class's pattern on the trained model (classes sharded over ranks)."""
 
     def __init__(self, search: dict[str, Any] | DictConfig, output_dir: str, enabled: bool = True,
-                 detector: dict[str, Any] | DictConfig | None = None):
+                 detector: dict[str, Any] | DictConfig | None = None, threat_model: str = "clean_data"):
         super().__init__()
         self.settings = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else dict(search)
         self.settings.pop("enabled", None)
@@ -25,6 +25,7 @@ class PatternSearch(Callback):
         self.output_dir = output_dir
         self.enabled = enabled
         self.detector = OmegaConf.to_container(detector, resolve=True) if isinstance(detector, DictConfig) else (detector or {})
+        self.threat_model = threat_model
         self.summary: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -43,6 +44,7 @@ class PatternSearch(Callback):
             detector=self.detector,
             trigger=getattr(poisoner, "trigger", None),
             target_class=getattr(poisoner, "target_class", None),
+            threat_model=self.threat_model,
         )
         # Rank 0 alone wrote outputs and ran detection: the others wait here, under the
         # configured collective timeout (trainer.strategy's), not inside the next stage's barrier.

@@ -76,17 +76,19 @@ class BadNets(PatchTrigger):
     """BadNets (Gu et al. 2017): a small white square or checkerboard in a corner."""
 
     name = "badnets"
-    CONTENTS = ("white", "checkerboard")
+    CONTENTS = ("white", "checkerboard", "random")
 
     def __init__(self, image_size: int, channels: int, size: int = 3, position="bottom_right", margin: int = 1,
-                 content: str = "white"):
+                 content: str = "white", seed: int = 0):
         if content not in self.CONTENTS:
             raise ConfigError(f"trigger.content={content!r} is unknown; accepted: {', '.join(self.CONTENTS)}")
         if content == "white":
             patch = torch.ones(1, size, size)
-        else:
+        elif content == "checkerboard":
             ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
             patch = ((ii + jj) % 2 == 0).float().unsqueeze(0)
+        else:  # black-and-white pixels drawn from `seed`, one value per channel
+            patch = torch.randint(0, 2, (channels, size, size), generator=torch.Generator().manual_seed(seed)).float()
         super().__init__(image_size, channels, size, position, margin, patch)
         self.content = content
 
@@ -140,3 +142,34 @@ class SIG(Trigger):
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         return (images + self.signal.to(images)).clamp(0, 1)
+
+
+class WaNet(Trigger):
+    """WaNet (Nguyen & Tran 2021): a fixed smooth warp of the whole image, no pixel added.
+
+    A random field of `k` x `k` control offsets (from `seed`), normalised to mean magnitude 1 and
+    upsampled bicubically to the image, moves each pixel by up to about `strength` / image_size of
+    the image's half-width; the image is resampled there (bilinear). The paper's "noise mode"
+    (random warps kept at their true labels) is not used: this is the all-to-one warp alone.
+    """
+
+    name = "wanet"
+
+    def __init__(self, image_size: int, channels: int, k: int = 4, strength: float = 0.5, seed: int = 0):
+        super().__init__(image_size, channels)
+        if not 2 <= k <= image_size or strength <= 0:
+            raise ConfigError(f"trigger.k={k} must be in 2..{image_size} and trigger.strength={strength} positive")
+        self.k, self.strength, self.seed = k, strength, seed
+        g = torch.Generator().manual_seed(seed)
+        ins = torch.rand(1, 2, k, k, generator=g) * 2 - 1
+        ins = ins / ins.abs().mean()
+        noise = torch.nn.functional.interpolate(ins, size=image_size, mode="bicubic", align_corners=True)
+        noise = noise.permute(0, 2, 3, 1)  # [1, H, W, 2]
+        line = torch.linspace(-1, 1, image_size)
+        xx, yy = torch.meshgrid(line, line, indexing="ij")
+        identity = torch.stack((yy, xx), 2).unsqueeze(0)  # [1, H, W, 2] as grid_sample wants (x, y)
+        self.grid = (identity + strength * noise / image_size).clamp(-1, 1)
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        grid = self.grid.to(images).expand(len(images), -1, -1, -1)
+        return torch.nn.functional.grid_sample(images, grid, mode="bilinear", align_corners=True).clamp(0, 1)

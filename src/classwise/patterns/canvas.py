@@ -17,10 +17,11 @@ SOURCES = ("train", "search")
 
 @dataclass(frozen=True)
 class CanvasConfig:
-    """`strategy`: index | most_confident | best_of_k; `source`: train | search (where candidates come from)."""
+    """`strategy`: index | most_confident | best_of_k; `source`: train | search (where candidates come from;
+    None: as the threat model says, see `pipeline.detection_step.resolve_canvas_source`)."""
 
     strategy: str = "most_confident"
-    source: str = "train"
+    source: str | None = "train"
     index: int = 0  # for `index`: position among the class's candidates, in dataset order
     k: int = 4  # for `best_of_k`: the k most confident candidates are searched together
     max_candidates: int = 2000  # per class, a seeded subset when a class has more
@@ -28,7 +29,7 @@ class CanvasConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"search.canvas={self.strategy!r} is unknown; accepted: {', '.join(STRATEGIES)}")
-        if self.source not in SOURCES:
+        if self.source is not None and self.source not in SOURCES:
             raise ConfigError(f"search.canvas_source={self.source!r} is unknown; accepted: {', '.join(SOURCES)}")
         if self.index < 0:
             raise ConfigError(f"search.canvas_index={self.index} must be >= 0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,15 +18,11 @@ PRIMARY = "log_mask_l1"
 
 
 def median(values: Sequence[float]) -> float:
-    """The statistical median: the middle value, or the mean of the two middle values for an even count.
-
-    (`torch.median` returns the lower of the two middle values, a known slip in detectors built on it.)
-    """
-    s = sorted(float(v) for v in values)
-    if not s:
+    """The statistical median (the mean of the two middle values for an even count; `torch.median`
+    returns the lower one, a known slip in detectors built on it)."""
+    if not len(values):
         raise ValueError("median of no values")
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+    return float(statistics.median(float(v) for v in values))
 
 
 def anomaly_indices(values: Sequence[float]) -> list[float]:
@@ -44,38 +41,48 @@ def detect(
     threshold: float = THRESHOLD,
     class_indices: Sequence[int] | None = None,
     scored: Sequence[bool] | None = None,
+    reference: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
-    """The detection block of results.json: flagged classes are beyond `threshold` on the suspicious side.
+    """The MAD detection block: flagged classes are beyond `threshold` on the suspicious side.
 
-    Only classes with `scored` true (all when None) enter the median and MAD and can be flagged; the
-    others are listed in `not_scored` with anomaly index None. With fewer than `MIN_SCORED` scored
-    classes there is no spread to measure against: no index, nothing flagged.
-    `predicted_target` is the flagged class with the highest index, or None.
+    `reference` (all when None) are the classes whose values form the median and MAD; every one of
+    them gets an anomaly index, the others None. Only `scored` classes (default: the reference) can
+    be flagged; the rest are listed in `not_scored`. With fewer than `MIN_SCORED` reference classes
+    there is no spread to measure against: no index, nothing flagged, `median` None.
+    `predicted_target` is the flagged class with the highest index, or None. `score`: the largest
+    signed index (median - value) / (1.4826 MAD) on the suspicious side among the scored classes
+    (0 when none is scored): one number per model, the larger the more one class stands out.
     """
     if suspicious not in ("small", "large"):
         raise ValueError(f"suspicious={suspicious!r}; accepted: small, large")
     classes = list(class_indices) if class_indices is not None else list(range(len(values)))
-    keep = [True] * len(values) if scored is None else [bool(k) for k in scored]
-    if not len(classes) == len(keep) == len(values):
+    ref = [True] * len(values) if reference is None else [bool(k) for k in reference]
+    keep = ref if scored is None else [bool(k) for k in scored]
+    if not len(classes) == len(keep) == len(values) == len(ref):
         raise ValueError(f"{len(values)} values, {len(classes)} classes, {len(keep)} scored flags; accepted: equal lengths")
-    in_stat = [float(v) for v, k in zip(values, keep, strict=True) if k]
+    in_stat = [float(v) for v, k in zip(values, ref, strict=True) if k]
     idx: list[float | None] = [None] * len(values)
     med = None
+    score = 0.0
     if len(in_stat) >= MIN_SCORED:
         med = median(in_stat)
-        it = iter(anomaly_indices(in_stat))
-        idx = [next(it) if k else None for k in keep]
+        mad = MAD_CONSISTENCY * median([abs(v - med) for v in in_stat])
+        sign = 1.0 if suspicious == "small" else -1.0
+        signed = [sign * (med - float(v)) / mad if mad > 0 else (0.0 if v == med else sign * math.copysign(math.inf, med - v))
+                  for v in values]
+        idx = [abs(s) if r else None for s, r in zip(signed, ref, strict=True)]
+        score = max([s for s, k, r in zip(signed, keep, ref, strict=True) if k and r] or [0.0])
     flagged = [
-        c for c, v, a in zip(classes, values, idx, strict=True)
-        if a is not None and a > threshold and ((v < med) if suspicious == "small" else (v > med))
+        c for c, v, a, k in zip(classes, values, idx, keep, strict=True)
+        if k and a is not None and a > threshold and ((v < med) if suspicious == "small" else (v > med))
     ]
     predicted = max(flagged, key=lambda c: idx[classes.index(c)]) if flagged else None
     return {
         "statistic": statistic, "suspicious_side": suspicious, "threshold": threshold,
         "classes": classes, "values": [float(v) for v in values], "median": med,
-        "anomaly_index": [None if a is None else float(a) for a in idx],
+        "anomaly_index": [None if a is None else float(min(a, 1e6)) for a in idx],
         "not_scored": [c for c, k in zip(classes, keep, strict=True) if not k],
-        "flagged": flagged, "predicted_target": predicted,
+        "flagged": flagged, "predicted_target": predicted, "score": float(max(-1e6, min(1e6, score))),
     }
 
 
@@ -85,25 +92,29 @@ def pattern_detection(
     class_indices: Sequence[int] | None = None,
     asr_gate: float = ASR_GATE,
     gate_ratio: float | None = None,
+    threshold: float = THRESHOLD,
 ) -> dict[str, Any]:
-    """Our detector: MAD anomaly index of the mask L1, small side, over the patterns that work.
+    """Our detector: MAD anomaly index of the mask L1, small side; only patterns that work can be flagged.
 
-    The gate: a class is scored only if its pattern's held-out ASR (at `gate_ratio`) reaches
-    `asr_gate`, and its mask is not empty. A backdoor is a small pattern that *works*; a search that
-    collapsed (empty mask, ASR near 0) has the smallest L1 of all and, ungated, would be named the
-    target. Two statistics, both recorded under `statistics`: `log_mask_l1` (primary; its fields
-    are also the block's top level) and `mask_l1` (raw). Why the log is primary: the clean masks
-    spread multiplicatively, and on the raw L1 the few large masks inflate the MAD (see the
-    README's backdoor section for both indices on held-out runs).
+    The gate: a class can be flagged only if its pattern's held-out ASR (at `gate_ratio`) reaches
+    `asr_gate`. A backdoor is a small pattern that *works*; a search that collapsed (empty mask,
+    ASR near 0) has the smallest L1 of all and, ungated, would be named the target. Every class whose
+    mask is not empty enters the median and MAD (so one working class among failed ones is still
+    judged against the rest); an empty mask enters nothing. Two statistics, both recorded under
+    `statistics`: `log_mask_l1` (primary; its fields are also the block's top level) and `mask_l1`
+    (raw). Why the log is primary: the clean masks spread multiplicatively, and on the raw L1 the few
+    large masks inflate the MAD.
     """
     classes = list(class_indices) if class_indices is not None else list(range(len(mask_l1)))
     if len(asr) != len(mask_l1):
         raise ValueError(f"{len(mask_l1)} mask L1 values but {len(asr)} ASRs; accepted: one of each per class")
-    scored = [a >= asr_gate and m > EMPTY_MASK_L1 for m, a in zip(mask_l1, asr, strict=True)]
+    nonempty = [m > EMPTY_MASK_L1 for m in mask_l1]
+    scored = [a >= asr_gate and e for a, e in zip(asr, nonempty, strict=True)]
     stats = {
-        "log_mask_l1": detect([math.log(max(v, EMPTY_MASK_L1)) for v in mask_l1], "log_mask_l1", "small",
-                              class_indices=classes, scored=scored),
-        "mask_l1": detect(list(mask_l1), "mask_l1", "small", class_indices=classes, scored=scored),
+        "log_mask_l1": detect([math.log(max(v, EMPTY_MASK_L1)) for v in mask_l1], "log_mask_l1", "small", threshold,
+                              class_indices=classes, scored=scored, reference=nonempty),
+        "mask_l1": detect(list(mask_l1), "mask_l1", "small", threshold, class_indices=classes, scored=scored,
+                          reference=nonempty),
     }
-    return {**stats[PRIMARY], "primary": PRIMARY, "statistics": stats,
+    return {**stats[PRIMARY], "primary": PRIMARY, "statistics": stats, "not_scored_mask": [not s for s in scored],
             "asr_gate": {"threshold": asr_gate, "pattern_ratio": gate_ratio, "asr": [float(a) for a in asr]}}

@@ -1,65 +1,101 @@
-"""Backdoor detection over the gathered patterns (ours, Neural Cleanse beside it) and the trigger figure."""
+"""Backdoor detection after the search: build the `detector` group's detectors, check the threat model, decide, report."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from classwise.errors import ConfigError
+from classwise.patterns.detectors import DetectionData, Detector, check_threat_model
 from classwise.patterns.search import mask_pixels
 from classwise.reporting.results import update_results
 from classwise.timing import PhaseTimer
 
 
-def run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir: Path, detector: dict, trigger,
-                  target_class, progress, asr_gate: float | None = None, gate_ratio: float | None = None,
-                  nc_per_class: dict[str, Any] | None = None, timer: PhaseTimer | None = None) -> dict[str, Any]:
-    """Our detection over the searched classes whose pattern works (3 or more searched), Neural Cleanse
-    beside it if asked, trigger figure. The gate: held-out ASR at `gate_ratio` (default: the largest
-    ratio) >= `asr_gate` (default `detection.ASR_GATE`)."""
-    from classwise.patterns.detection import ASR_GATE, pattern_detection
+def build_detectors(detector_cfg: dict[str, Any] | None) -> list[Detector]:
+    """The detectors of the `detector` config group, in config order (one `_target_` per block)."""
+    from hydra.utils import instantiate
 
-    if len(records) < 3:
-        return {}
+    out = []
+    for key, block in (detector_cfg or {}).items():
+        if not isinstance(block, dict) or "_target_" not in block:
+            raise ConfigError(f"detector.{key} has no _target_; accepted: detector blocks as in conf/detector "
+                              "(universal_patch, patterns, neural_cleanse)")
+        try:
+            det = instantiate(block, _convert_="all")
+        except ConfigError:
+            raise
+        except Exception as exc:  # Hydra wraps a bad key or type in its own multi-line error
+            cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
+            if cause is not None:
+                raise cause from None
+            raise ConfigError(f"detector.{key}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(det, Detector):
+            raise ConfigError(f"detector.{key}._target_={block['_target_']} is not a classwise Detector")
+        out.append(det)
+    return out
+
+
+def resolve_canvas_source(source: str | None, threat_model: str) -> str:
+    """`search.canvas_source`, null meaning: the clean search split under clean_data, the training set under training_data."""
+    return source if source is not None else ("search" if check_threat_model(threat_model) == "clean_data" else "train")
+
+
+def check_threat_model_data(detectors: list[Detector], threat_model: str, canvas_source: str, poisoned: bool) -> None:
+    """Refuse, before any compute, a detector that would read data its threat model forbids."""
+    check_threat_model(threat_model)
+    readers = [d.name for d in detectors if d.reads_patterns]
+    if threat_model == "clean_data" and canvas_source == "train" and poisoned and readers:
+        raise ConfigError(
+            f"search.canvas_source=train draws canvases from the poisoned training set, which threat_model=clean_data "
+            f"forbids detector {readers[0]!r} to read; accepted: search.canvas_source=search, threat_model=training_data, "
+            "or detector=universal_patch (training canvases for the figures only)")
+
+
+def run_detection(detectors: list[Detector], measured: dict[str, Any], model, dm, records: list[dict[str, Any]],
+                  data: DetectionData, run_dir: Path, trigger=None, target_class: int | None = None,
+                  timer: PhaseTimer | None = None) -> dict[str, Any]:
+    """Every detector's verdict over all searched classes: results.json `detectors.<name>`, and `detection` (the
+    first detector's block, the run's verdict); the trigger figure on a backdoored run."""
     timer = timer or PhaseTimer()
+    if not detectors:
+        return {}
+    blocks: dict[str, dict[str, Any]] = {}
+    for det in detectors:
+        with timer(f"detector.{det.name}"):
+            block = det.decide(measured.get(det.name), records, data)
+        block.setdefault("seconds", None)
+        blocks[det.name] = block
+    ratios = [b["pattern_ratio"] for b in records[0]["by_ratio"]] if records else []
     classes = [r["class_index"] for r in records]
-    gate_ratio = max(ratios) if gate_ratio is None else gate_ratio
-    gate_asr = [next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == gate_ratio) for r in records]
-    with timer("detection"):
-        block = pattern_detection([float(r["mask"].sum()) for r in records], gate_asr, classes,
-                                  ASR_GATE if asr_gate is None else asr_gate, gate_ratio)
-    # Our detector reads the masks the search already made: its own cost is this statistic alone.
-    block["seconds"] = round(timer.seconds["detection"], 4)
-    sections: dict[str, Any] = {"detection": block}
-    if detector.get("name") == "neural_cleanse":
-        from classwise.patterns.neural_cleanse import nc_config, nc_detection, neural_cleanse_masks
-
-        nc_cfg = nc_config(detector, search_cfg.seed)
-        with timer("neural_cleanse"):
-            if nc_per_class is None:  # not run by the ranks beforehand: run it here on every searched class
-                nc_per_class = neural_cleanse_masks(model, classes, *search_set, nc_cfg, progress, search_cfg.max_forward)
-            sections["detection_baselines"] = {"neural_cleanse": nc_detection(nc_per_class, nc_cfg)}
     if trigger is not None and target_class is not None and target_class in classes:
         rec = records[classes.index(target_class)]
-        region = trigger.region
         overlap = {}
         for r in ratios:
             pix = mask_pixels(rec["mask"], r, rec.get("score"))
-            overlap[str(r)] = float((pix & region).sum() / pix.sum())
-        block["true_target"] = target_class
-        block["target_pixels_on_trigger"] = overlap
+            overlap[str(r)] = float((pix & trigger.region).sum() / pix.sum())
+        for block in blocks.values():
+            block["true_target"] = target_class
+        if "patterns" in blocks:
+            blocks["patterns"]["target_pixels_on_trigger"] = overlap
         _trigger_figure(trigger, rec, dm.classes[target_class], ratios, run_dir / "patterns" / "trigger_vs_pattern.png")
+    sections = {"detection": blocks[detectors[0].name], "detectors": blocks}
     update_results(run_dir, **sections)
-    gate = block["asr_gate"]
-    raw = block["statistics"]["mask_l1"]
-    print(f"detection (log mask L1, MAD index > 2, classes with ASR >= {gate['threshold']} at {gate['pattern_ratio']:.0%}): "
-          f"flagged {_named(block['flagged'], dm.classes)}; "
-          f"predicted target {_named([block['predicted_target']], dm.classes)}; "
-          f"not scored {_named(block['not_scored'], dm.classes)}; raw mask L1 flags {_named(raw['flagged'], dm.classes)}")
-    if "detection_baselines" in sections:
-        nc = sections["detection_baselines"]["neural_cleanse"]
-        print(f"neural cleanse: flagged {_named(nc['flagged'], dm.classes)}; "
-              f"predicted target {_named([nc['predicted_target']], dm.classes)} ({nc['seconds']} s)")
+    for block in blocks.values():
+        print(describe_verdict(block, dm.classes))
     return sections
+
+
+def describe_verdict(block: dict[str, Any], names: list[str]) -> str:
+    """One line: `detector universal_patch (clean_data): backdoored, target 3 (dress), score 7.2: <reason>`."""
+    head = f"detector {block['detector']} ({block['threat_model']}): {block['verdict'].upper()}"
+    if block.get("predicted_target") is not None:
+        head += f", target {_named([block['predicted_target']], names)}"
+    if block.get("score") is not None:
+        head += f", score {block['score']:.2f}"
+    if block.get("probability") is not None:
+        head += f", P(backdoored) {block['probability']:.2f}"
+    return f"{head}: {block['reason']}"
 
 
 def _named(classes: list[int | None], names: list[str]) -> str:

@@ -14,7 +14,13 @@ from torch import nn
 from classwise.data.datamodule import ClasswiseDataModule
 from classwise.patterns.canvas import CanvasPool
 from classwise.patterns.classwise import ClassPattern, check_targets, classwise_patterns
-from classwise.pipeline.detection_step import run_detection
+from classwise.patterns.detectors import DetectionData
+from classwise.pipeline.detection_step import (
+    build_detectors,
+    check_threat_model_data,
+    resolve_canvas_source,
+    run_detection,
+)
 from classwise.pipeline.outputs import save_outputs
 from classwise.pipeline.settings import parse_settings
 from classwise.reporting.results import read_results, update_results
@@ -58,16 +64,24 @@ def run_pattern_search(
     detector: dict[str, Any] | None = None,
     trigger: Any = None,
     target_class: int | None = None,
+    threat_model: str = "clean_data",
 ) -> dict[str, Any] | None:
     """Search this rank's share of the classes; rank 0 gathers, writes outputs and returns the summary.
 
     `gather(obj)` returns every rank's obj on rank 0 (a collective: every rank calls it, also a rank
     without classes). Outputs: patterns/masks.safetensors, patterns/class_XXX.png, patterns/grid.png
-    and the `search` and `classes` sections of results.json.
+    and the `search` and `classes` sections of results.json; with `detector` (the config group's
+    blocks), every detector's verdict under `threat_model` in `detection` and `detectors`.
     """
+    from dataclasses import replace
+
     search_cfg, canvas_cfg, other = parse_settings(settings)
     ratios = other["pattern_ratios"]
+    detectors = build_detectors(detector)
+    canvas_cfg = replace(canvas_cfg, source=resolve_canvas_source(canvas_cfg.source, threat_model))
     dm.setup()
+    poisoned_canvases = canvas_cfg.source == "train" and getattr(dm, "poisoner", None) is not None
+    check_threat_model_data(detectors, threat_model, canvas_cfg.source, poisoned_canvases)
     all_targets = check_targets(other["classes"] if other["classes"] is not None else range(dm.num_classes), dm.num_classes)
     mine = all_targets[rank::world_size]
     pool = canvas_pool(dm, canvas_cfg.source)
@@ -83,30 +97,30 @@ def run_pattern_search(
     )
     seconds = time.perf_counter() - start
     records = [_to_record(p) for p in patterns]
-    # Neural Cleanse is sharded like the search: each rank reverse-engineers its own classes' triggers.
-    with timer("neural_cleanse"):
-        nc = _neural_cleanse_share(model, mine, search_set, search_cfg, detector or {}, progress and rank == 0,
-                                   len(all_targets))
+    data = DetectionData(clean=search_set, held_out=(eval_x, eval_y), num_classes=dm.num_classes,
+                         threat_model=threat_model, canvas_poisoned=poisoned_canvases, seed=search_cfg.seed,
+                         progress=progress and rank == 0, max_forward=search_cfg.max_forward,
+                         eval_forward=other["eval_forward"])
+    # Detectors that probe the model are sharded like the search: each rank measures its own classes.
+    measured: dict[str, Any] = {}
+    for det in detectors:
+        with timer(f"detector.{det.name}"):
+            measured[det.name] = det.measure(model, mine, data)
     if gather is not None:
-        gathered = gather((records, seconds, nc, timer.seconds))
+        gathered = gather((records, seconds, measured, timer.seconds))
         if rank != 0:
             return None
         records = [r for part, _, _, _ in gathered for r in part]
         seconds = max(s for _, s, _, _ in gathered)
         timer.merge_max(t for _, _, _, t in gathered)
-        shares = [n for _, _, n, _ in gathered if n is not None]
-        if shares:
-            from classwise.patterns.neural_cleanse import join_shares
-
-            nc = join_shares(shares)
+        measured = {d.name: d.join([m[d.name] for _, _, m, _ in gathered]) if measured[d.name] is not None else None
+                    for d in detectors}
     records.sort(key=lambda r: r["class_index"])
     run_dir = Path(run_dir)
     with timer("outputs"):
         summary = save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size,
                                len(search_set[1]), (eval_x, eval_y), run_dir, logger)
-    summary.update(run_detection(model, dm, records, search_set, search_cfg, ratios, run_dir, detector or {},
-                                 trigger, target_class, progress, other["detection_asr_gate"],
-                                 other["detection_gate_ratio"], nc_per_class=nc, timer=timer))
+    summary.update(run_detection(detectors, measured, model, dm, records, data, run_dir, trigger, target_class, timer))
     timer.add("search_step", time.perf_counter() - start)
     summary["timing"] = record_timing(run_dir, timer)
     return summary
@@ -117,15 +131,3 @@ def record_timing(run_dir: Path, timer: PhaseTimer) -> dict[str, Any]:
     block = {**(read_results(run_dir).get("timing") or {}), **timer.as_block()}
     update_results(run_dir, timing=block)
     return block
-
-
-def _neural_cleanse_share(model, classes, search_set, search_cfg, detector: dict, progress: bool, n_total: int):
-    """This rank's Neural Cleanse masks, when the detector is asked for and detection will run (3+ classes)."""
-    if detector.get("name") != "neural_cleanse" or n_total < 3 or not classes:
-        return None
-    from classwise.patterns.neural_cleanse import nc_config, neural_cleanse_masks
-
-    return neural_cleanse_masks(model, list(classes), *search_set, nc_config(detector, search_cfg.seed), progress,
-                                search_cfg.max_forward)
-
-

@@ -15,7 +15,7 @@ CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": 
                "canvas_max_candidates": "max_candidates"}
 OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "eval_ci", "enabled", "baselines", "uap_eps",
               "uap_steps", "uap_batch_size", "eval_forward", "patch_steps", "patch_finetune_steps", "patch_batch_size"}
-OTHER_KEYS |= {"detection_asr_gate", "detection_gate_ratio"}  # our detector's gate (patterns/detection.py)
+MOVED_KEYS = {"detection_asr_gate": "detector.patterns.asr_gate", "detection_gate_ratio": "detector.patterns.gate_ratio"}
 
 
 def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig, CanvasConfig, dict[str, Any]]:
@@ -24,6 +24,9 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
         settings = OmegaConf.to_container(settings, resolve=True)
     settings = dict(settings)
     unknown = set(settings) - SEARCH_KEYS - set(CANVAS_KEYS) - OTHER_KEYS
+    moved = sorted(unknown & set(MOVED_KEYS))
+    if moved:
+        raise ConfigError(f"search.{moved[0]} has moved; accepted: {MOVED_KEYS[moved[0]]}")
     if unknown:
         accepted = ", ".join(sorted(SEARCH_KEYS | set(CANVAS_KEYS) | OTHER_KEYS))
         raise ConfigError(f"search.{sorted(unknown)[0]} is not a search setting; accepted: {accepted}")
@@ -40,25 +43,7 @@ def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig,
     other["patch"] = PatchConfig(**patch, alpha=search_cfg.alpha, seed=search_cfg.seed)
     if other["uap"].eps <= 0 or other["uap"].steps < 1:
         raise ConfigError(f"search.uap_eps={other['uap'].eps} and search.uap_steps={other['uap'].steps} must be positive")
-    _check_gate(other)
     if other["eval_ci"] is not None and not 0 < other["eval_ci"] < 0.5:
         raise ConfigError(f"search.eval_ci={other['eval_ci']} is not a half-width; accepted: a number in (0, 0.5), "
                           "or null for the whole eval split")
     return search_cfg, canvas_cfg, other
-
-
-def _check_gate(other: dict[str, Any]) -> None:
-    """Detection gate: ASR in [0, 1] (default 0.5) at one of the searched ratios (default: the largest)."""
-    from classwise.patterns.detection import ASR_GATE
-
-    gate = ASR_GATE if other.get("detection_asr_gate") is None else other["detection_asr_gate"]
-    if not isinstance(gate, (int, float)) or not 0 <= gate <= 1:
-        raise ConfigError(f"search.detection_asr_gate={gate} is not an ASR; accepted: a number in [0, 1]")
-    ratio = other.get("detection_gate_ratio")
-    ratio = max(other["pattern_ratios"]) if ratio is None else ratio
-    if ratio not in other["pattern_ratios"]:
-        raise ConfigError(f"search.detection_gate_ratio={ratio} is not searched; accepted: one of "
-                          f"search.pattern_ratios {other['pattern_ratios']} (or null: the largest)")
-    other["detection_asr_gate"], other["detection_gate_ratio"] = float(gate), ratio
-
-

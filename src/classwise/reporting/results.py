@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: every rate carries `_ci` and `_n`; a `timing` block
+SCHEMA_VERSION = 3  # 2: every rate carries `_ci` and `_n`; a `timing` block. 3: `detection` is a verdict block, `detectors` all of them
 RESULTS_FILE = "results.json"
 
 
@@ -36,3 +36,17 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def detector_blocks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every detector's block by name: `detectors` (schema 3 on), or an older run's `detection` (ours, from
+    the patterns) and `detection_baselines.neural_cleanse`."""
+    if isinstance(results.get("detectors"), dict):
+        return results["detectors"]
+    out = {}
+    if isinstance(results.get("detection"), dict):
+        out["patterns"] = results["detection"]
+    nc = (results.get("detection_baselines") or {}).get("neural_cleanse")
+    if isinstance(nc, dict):
+        out["neural_cleanse"] = nc
+    return out

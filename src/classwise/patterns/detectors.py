@@ -1,0 +1,300 @@
+"""Backdoor detectors as one family: each turns a model and the data its threat model allows into a verdict.
+
+Every detector returns the same block (results.json `detection` / `detectors.<name>`):
+`verdict` (backdoored | clean | abstained), `reason`, `score` (one number per model, higher = more
+suspicious, comparable across models of one dataset and architecture), `probability` (where the
+detector is calibrated), `predicted_target` (class index or None), `threat_model`, `seconds`, and
+its own per-class evidence. A detector works in two steps so the classes can be sharded over ranks:
+`measure(model, classes, data)` on each rank's share (None where the detector reads only the
+patterns), then `decide(measured, records, data)` once, on rank 0, over every class.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from classwise.errors import ConfigError
+
+THREAT_MODELS = ("clean_data", "training_data")
+VERDICTS = ("backdoored", "clean", "abstained")
+
+
+def check_threat_model(threat_model: str) -> str:
+    if threat_model not in THREAT_MODELS:
+        raise ConfigError(f"threat_model={threat_model!r} is unknown; accepted: {', '.join(THREAT_MODELS)}")
+    return threat_model
+
+
+@dataclass
+class DetectionData:
+    """What detectors may read. `clean` (the search split) and `held_out` (the eval split) are clean,
+    labelled and disjoint; `canvas_poisoned` says the patterns' canvases came from a poisoned
+    training set, which only `threat_model=training_data` lets a detector read."""
+
+    clean: tuple[torch.Tensor, torch.Tensor]  # images [N, C, H, W], labels [N]
+    held_out: tuple[torch.Tensor, torch.Tensor]
+    num_classes: int
+    threat_model: str = "clean_data"
+    canvas_poisoned: bool = False
+    seed: int = 0
+    progress: bool = False
+    max_forward: int | None = None
+    eval_forward: int | None = None
+
+
+def verdict_block(name: str, data: DetectionData, verdict: str, reason: str, score: float | None,
+                  predicted_target: int | None = None, probability: float | None = None,
+                  evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The block every detector returns (see the module docstring); `evidence` is the detector's own detail."""
+    assert verdict in VERDICTS
+    finite = None if score is None else float(max(-1e6, min(1e6, score)))
+    return {**(evidence or {}), "detector": name, "verdict": verdict, "reason": reason, "score": finite,
+            "probability": probability, "predicted_target": predicted_target, "threat_model": data.threat_model}
+
+
+def logistic(score: float | None, calibration: Sequence[float] | None) -> float | None:
+    """P(backdoored | score) = sigmoid(a * score + b), (a, b) fitted on a dev population; None uncalibrated."""
+    if score is None or not calibration:
+        return None
+    a, b = (float(v) for v in calibration)
+    z = max(-50.0, min(50.0, a * score + b))
+    return 1 / (1 + math.exp(-z))
+
+
+class Detector:
+    """Base of the family: override `decide`, and `measure` / `join` where the model is probed per class."""
+
+    name = "detector"
+    reads_patterns = False  # reads the searched patterns (and so their canvases)
+
+    def measure(self, model: nn.Module, classes: list[int], data: DetectionData) -> dict[str, Any] | None:
+        return None
+
+    def join(self, shares: list[dict[str, Any]]) -> dict[str, Any]:
+        """Several ranks' `measure` results as one: per-class lists concatenated, the slowest rank's seconds."""
+        keys = [k for k in shares[0] if k != "seconds"]
+        return {**{k: [v for s in shares for v in s[k]] for k in keys}, "seconds": max(s["seconds"] for s in shares)}
+
+    def decide(self, measured: dict[str, Any] | None, records: list[dict[str, Any]], data: DetectionData) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _sorted_by_class(measured: dict[str, Any]) -> dict[str, list]:
+    order = sorted(range(len(measured["classes"])), key=lambda i: measured["classes"][i])
+    return {k: [v[i] for i in order] for k, v in measured.items() if isinstance(v, list)}
+
+
+class UniversalPatchDetector(Detector):
+    """Trigger inversion from clean data: per class and pixel budget, the best universal patch of k free pixels.
+
+    A patch trigger is a few pixels that send any image to the target; on a clean model no class is
+    that easy to reach with so few. Per class and each of `ratios` (k = ratio * H * W pixels), a
+    universal patch (`baselines.universal_patches` on the clean search split) and its held-out attack
+    success rate on the first `eval_images` images of a fixed seeded order of the clean eval split.
+    Per ratio, `gap` = logit of the best class's ASR minus the median logit of the other classes: how
+    far the easiest class stands out of this model's own classes. The score is `statistic` over the
+    ratios: `max_gap` (default), `mean_gap`, or `max_logit` (the best class's logit alone). Backdoored
+    when the score exceeds `threshold`, the target being the best class at the ratio of the largest
+    gap; `calibration` (a, b) gives P(backdoored).
+    """
+
+    name = "universal_patch"
+    STATISTICS = ("max_gap", "mean_gap", "max_logit")
+
+    def __init__(self, ratios: Sequence[float] = (0.005, 0.01, 0.02, 0.04), steps: int = 100, finetune_steps: int = 25,
+                 batch_size: int = 32, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 1000,
+                 statistic: str = "max_gap", threshold: float = 3.0, calibration: Sequence[float] | None = None):
+        ratios = [float(r) for r in ratios]
+        if not ratios or not all(0 < r < 1 for r in ratios):
+            raise ConfigError(f"detector.universal_patch.ratios={ratios}; accepted: shares of the image's pixels in (0, 1)")
+        if statistic not in self.STATISTICS:
+            raise ConfigError(f"detector.universal_patch.statistic={statistic!r}; accepted: {', '.join(self.STATISTICS)}")
+        if eval_images < 10:
+            raise ConfigError(f"detector.universal_patch.eval_images={eval_images}; accepted: 10 or more")
+        from classwise.patterns.baselines import PatchConfig
+
+        self.patch = PatchConfig(steps=steps, finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, alpha=alpha)
+        self.ratios, self.eval_images, self.statistic = sorted(ratios), int(eval_images), statistic
+        self.threshold, self.calibration = float(threshold), list(calibration) if calibration else None
+
+    def measure(self, model: nn.Module, classes: list[int], data: DetectionData) -> dict[str, Any]:
+        from dataclasses import replace
+
+        from classwise.patterns.baselines import universal_patches
+        from classwise.patterns.evaluate import EVAL_ORDER_KEY, attack_successes, eval_order
+        from classwise.patterns.search import stream_seed
+
+        start = time.perf_counter()
+        if not classes:
+            return {"classes": [], "hits": [], "n": [], "seconds": 0.0}
+        x, y = data.clean
+        r_count = len(self.ratios)
+        values, pix = universal_patches(model, classes, self.ratios, x, y, replace(self.patch, seed=data.seed),
+                                        data.progress, data.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
+        ex, ey = data.held_out
+        keep = eval_order(len(ey), stream_seed(data.seed, EVAL_ORDER_KEY))[: self.eval_images]  # the same images for all
+        rates = attack_successes(model, values.flatten(0, 1), pix.flatten(0, 1),
+                                 torch.tensor(classes).repeat_interleave(r_count), ex[keep], ey[keep],
+                                 max_forward=data.eval_forward).view(len(classes), r_count)
+        return {"classes": list(classes), "hits": rates.hits.tolist(), "n": rates.n.tolist(),
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    def decide(self, measured, records, data) -> dict[str, Any]:
+        m = _sorted_by_class(measured)
+        classes = m["classes"]
+        hits, n = torch.tensor(m["hits"]).view(len(classes), -1), torch.tensor(m["n"]).view(len(classes), -1)  # [K, R]
+        asr = (hits / n.clamp(min=1)).tolist()
+        evidence: dict[str, Any] = {"classes": classes, "ratios": self.ratios, "asr": asr, "asr_n": n.tolist(),
+                                    "statistic": self.statistic, "threshold": self.threshold, "seconds": measured["seconds"]}
+        if len(classes) < 2:
+            return verdict_block(self.name, data, "abstained", "fewer than 2 classes probed: no class to compare with",
+                                 None, evidence=evidence)
+        logit = ((hits + 0.5) / (n - hits + 0.5)).log()  # [K, R], smoothed so 0 and 1 stay finite
+        best = logit.argmax(0)  # [R]
+        gaps = []
+        for r in range(len(self.ratios)):
+            others = [float(v) for i, v in enumerate(logit[:, r]) if i != int(best[r])]
+            gaps.append(float(logit[best[r], r]) - statistics.median(others))
+        at = max(range(len(gaps)), key=lambda r: gaps[r])
+        target = classes[int(best[at])]
+        stats = {"max_gap": max(gaps), "mean_gap": sum(gaps) / len(gaps), "max_logit": float(logit.max())}
+        score = stats[self.statistic]
+        evidence.update(statistics=stats, gap=gaps)
+        prob = logistic(score, self.calibration)
+        k = pattern_pixels_of(self.ratios[at], data)
+        if score > self.threshold:
+            return verdict_block(self.name, data, "backdoored",
+                                 f"class {target}: {k} free pixels reach ASR {asr[int(best[at])][at]:.2f} on clean images; "
+                                 f"{self.statistic} {score:.2f} > {self.threshold:g}", score, target, prob,
+                                 evidence={**evidence, "flagged": [target]})
+        return verdict_block(self.name, data, "clean",
+                             f"no class stands out: best class {target} at ASR {asr[int(best[at])][at]:.2f} with {k} free "
+                             f"pixels, {self.statistic} {score:.2f} <= {self.threshold:g}", score, None, prob,
+                             evidence={**evidence, "flagged": []})
+
+
+def pattern_pixels_of(ratio: float, data: DetectionData) -> int:
+    from classwise.patterns.search import pattern_pixel_count
+
+    h, w = data.clean[0].shape[-2:]
+    return pattern_pixel_count(ratio, h, w)
+
+
+class PatternDetector(Detector):
+    """Ours, from the class-wise patterns: a backdoor's target has a pattern that works and is far smaller
+    than the other classes' (MAD anomaly index of the log mask L1, small side, `patterns/detection.py`).
+
+    Only patterns whose held-out ASR at the gate ratio reaches `asr_gate` can be flagged; every class
+    whose mask is not empty enters the median and MAD, so a model with a single working class still
+    gets a verdict. Abstains with fewer than 3 non-empty masks, and under `threat_model=clean_data`
+    when the canvases came from a poisoned training set.
+    """
+
+    name = "patterns"
+    reads_patterns = True
+
+    def __init__(self, asr_gate: float | None = None, gate_ratio: float | None = None, threshold: float = 2.0,
+                 calibration: Sequence[float] | None = None):
+        from classwise.patterns.detection import ASR_GATE
+
+        self.asr_gate = ASR_GATE if asr_gate is None else float(asr_gate)
+        if not 0 <= self.asr_gate <= 1:
+            raise ConfigError(f"detector.patterns.asr_gate={asr_gate}; accepted: a number in [0, 1]")
+        self.gate_ratio, self.threshold = gate_ratio, float(threshold)
+        self.calibration = list(calibration) if calibration else None
+
+    def decide(self, measured, records, data) -> dict[str, Any]:
+        from classwise.patterns.detection import pattern_detection
+
+        ratios = [b["pattern_ratio"] for b in records[0]["by_ratio"]] if records else []
+        gate_ratio = self.gate_ratio if self.gate_ratio is not None else (max(ratios) if ratios else None)
+        if records and gate_ratio not in ratios:
+            raise ConfigError(f"detector.patterns.gate_ratio={gate_ratio} is not searched; accepted: one of "
+                              f"search.pattern_ratios {ratios} (or null: the largest)")
+        start = time.perf_counter()
+        if data.canvas_poisoned and data.threat_model == "clean_data":
+            return verdict_block(self.name, data, "abstained",
+                                 "the patterns' canvases come from the poisoned training set, which threat_model=clean_data "
+                                 "forbids a detector to read (search.canvas_source=search, or threat_model=training_data)", None)
+        if len(records) < 3:
+            return verdict_block(self.name, data, "abstained", f"{len(records)} classes searched; the anomaly index needs 3 or more",
+                                 None)
+        gate_asr = [next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == gate_ratio) for r in records]
+        block = pattern_detection([float(r["mask"].sum()) for r in records], gate_asr,
+                                  [r["class_index"] for r in records], self.asr_gate, gate_ratio, self.threshold)
+        block["seconds"] = round(time.perf_counter() - start, 4)
+        if block["median"] is None:
+            return verdict_block(self.name, data, "abstained",
+                                 f"fewer than 3 classes with a non-empty mask: no spread to measure against", None, evidence=block)
+        score = block["score"]
+        prob = logistic(score, self.calibration)
+        works = [c for c, s in zip(block["classes"], block["not_scored_mask"], strict=True) if not s]
+        block.pop("not_scored_mask")
+        if block["flagged"]:
+            t = block["predicted_target"]
+            idx = block["anomaly_index"][block["classes"].index(t)]
+            return verdict_block(self.name, data, "backdoored", f"class {t}: a working pattern with anomaly index "
+                                 f"{idx:.1f} > {self.threshold:g}", score, t, prob, evidence=block)
+        why = (f"no working pattern stands out ({len(works)} of {len(records)} patterns reach ASR {self.asr_gate:g} at "
+               f"{gate_ratio:.0%}; highest index among them {score:.1f} <= {self.threshold:g})") if works else (
+               f"no pattern reaches ASR {self.asr_gate:g} at {gate_ratio:.0%}: no small pattern that works")
+        return verdict_block(self.name, data, "clean", why, score, None, prob, evidence=block)
+
+
+class NeuralCleanseDetector(Detector):
+    """Neural Cleanse (Wang et al. 2019) from clean data: a reverse-engineered trigger per class and the MAD
+    anomaly index of their L1 norms, small side; settings as `NeuralCleanseConfig` (the reference's)."""
+
+    name = "neural_cleanse"
+
+    def __init__(self, threshold: float = 2.0, calibration: Sequence[float] | None = None, **settings: Any):
+        from dataclasses import fields
+
+        from classwise.patterns.neural_cleanse import NeuralCleanseConfig
+
+        accepted = {f.name for f in fields(NeuralCleanseConfig)} - {"seed"}
+        unknown = sorted(set(settings) - accepted)
+        if unknown:
+            raise ConfigError(f"detector.neural_cleanse.{unknown[0]} is not a Neural Cleanse setting; accepted: "
+                              f"{', '.join(sorted(accepted | {'threshold', 'calibration'}))}")
+        self.settings = settings
+        self.cfg = NeuralCleanseConfig(**settings)
+        self.threshold, self.calibration = float(threshold), list(calibration) if calibration else None
+
+    def config(self, seed: int):
+        from dataclasses import replace
+
+        return replace(self.cfg, seed=seed)
+
+    def measure(self, model, classes, data) -> dict[str, Any]:
+        from classwise.patterns.neural_cleanse import neural_cleanse_masks
+
+        if not classes:
+            return {"classes": [], "l1": [], "reached_threshold": [], "epochs_run": [], "seconds": 0.0}
+        x, y = data.clean
+        return neural_cleanse_masks(model, list(classes), x, y, self.config(data.seed), data.progress, data.max_forward)
+
+    def decide(self, measured, records, data) -> dict[str, Any]:
+        from classwise.patterns.neural_cleanse import nc_detection
+
+        if len(measured["classes"]) < 3:
+            return verdict_block(self.name, data, "abstained",
+                                 f"{len(measured['classes'])} classes probed; the anomaly index needs 3 or more", None)
+        block = nc_detection(measured, self.config(data.seed), self.threshold)
+        score = block["score"]
+        prob = logistic(score, self.calibration)
+        if block["flagged"]:
+            t = block["predicted_target"]
+            return verdict_block(self.name, data, "backdoored", f"class {t}: reverse-engineered trigger with anomaly index "
+                                 f"{block['anomaly_index'][block['classes'].index(t)]:.1f} > {self.threshold:g}",
+                                 score, t, prob, evidence=block)
+        return verdict_block(self.name, data, "clean", f"no class's trigger stands out (highest index {score:.1f} <= "
+                             f"{self.threshold:g})", score, None, prob, evidence=block)
