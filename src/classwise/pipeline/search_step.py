@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from classwise.patterns.classwise import ClassPattern, check_targets, classwise_
 from classwise.pipeline.detection_step import run_detection
 from classwise.pipeline.outputs import save_outputs
 from classwise.pipeline.settings import parse_settings
+from classwise.ranks import Ranks
 from classwise.reporting.results import read_results, update_results
 from classwise.timing import PhaseTimer
 
@@ -52,7 +53,7 @@ def run_pattern_search(
     run_dir: str | Path,
     rank: int = 0,
     world_size: int = 1,
-    gather: Callable[[Any], list[Any]] | None = None,
+    ranks: Ranks | None = None,
     logger: Any = None,
     progress: bool = True,
     detector: dict[str, Any] | None = None,
@@ -61,8 +62,8 @@ def run_pattern_search(
 ) -> dict[str, Any] | None:
     """Search this rank's share of the classes; rank 0 gathers, writes outputs and returns the summary.
 
-    `gather(obj)` returns every rank's obj on rank 0 (a collective: every rank calls it, also a rank
-    without classes). Outputs: patterns/masks.safetensors, patterns/class_XXX.png, patterns/grid.png
+    `ranks`: the run's ranks (every rank calls this, also a rank without classes); their results
+    are gathered on rank 0, and a rank whose search raised makes every rank raise before the gather. Outputs: patterns/masks.safetensors, patterns/class_XXX.png, patterns/grid.png
     and the `search` and `classes` sections of results.json.
     """
     search_cfg, canvas_cfg, other = parse_settings(settings)
@@ -76,19 +77,20 @@ def run_pattern_search(
     eval_x, eval_y = cap_per_class(*dm.split_tensors("eval", raw=True), other["eval_max_per_class"])
     timer = PhaseTimer()
     start = time.perf_counter()
-    patterns = classwise_patterns(
-        model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
-        progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
-        patch_cfg=other["patch"], eval_forward=other["eval_forward"], eval_ci=other["eval_ci"], timer=timer,
-    )
-    seconds = time.perf_counter() - start
-    records = [_to_record(p) for p in patterns]
-    # Neural Cleanse is sharded like the search: each rank reverse-engineers its own classes' triggers.
-    with timer("neural_cleanse"):
-        nc = _neural_cleanse_share(model, mine, search_set, search_cfg, detector or {}, progress and rank == 0,
-                                   len(all_targets))
-    if gather is not None:
-        gathered = gather((records, seconds, nc, timer.seconds))
+    with ranks.together("pattern search") if ranks is not None else nullcontext():
+        patterns = classwise_patterns(
+            model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
+            progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
+            patch_cfg=other["patch"], eval_forward=other["eval_forward"], eval_ci=other["eval_ci"], timer=timer,
+        )
+        seconds = time.perf_counter() - start
+        records = [_to_record(p) for p in patterns]
+        # Neural Cleanse is sharded like the search: each rank reverse-engineers its own classes' triggers.
+        with timer("neural_cleanse"):
+            nc = _neural_cleanse_share(model, mine, search_set, search_cfg, detector or {}, progress and rank == 0,
+                                       len(all_targets))
+    if ranks is not None and ranks.world_size > 1:
+        gathered = ranks.gather((records, seconds, nc, timer.seconds))
         if rank != 0:
             return None
         records = [r for part, _, _, _ in gathered for r in part]
