@@ -28,15 +28,33 @@ from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
 from classwise.progress import quiet_libraries
-from classwise.reporting.results import read_results, update_results
+from classwise.reporting.results import first_difference, read_results, update_results
 
 log = logging.getLogger(__name__)
 
 
-def already_done(output_dir: Path) -> dict[str, Any] | None:
-    """A finished run's results (so a rerun sweep skips the job), else None."""
+# Keys that say where and how a run reports, not what it computes: a rerun may change them freely.
+NOT_RESULTS = ("paths", "logger", "resume")
+
+
+def already_done(output_dir: Path, cfg: DictConfig | None = None) -> dict[str, Any] | None:
+    """A finished run's results when they were made with this config (so a rerun sweep skips the job), else None.
+
+    A finished folder of another config is refused in one line: reusing its results would report
+    the old config under the new one.
+    """
     results = read_results(output_dir)
-    return results if results.get("metrics") and results.get("run") else None
+    if not (results.get("metrics") and results.get("run")):
+        return None
+    recorded = results["run"].get("config")
+    diff = first_difference(recorded or {}, plain(cfg), NOT_RESULTS) if cfg is not None else None
+    if diff is not None:
+        key, have, want = diff
+        raise ConfigError(
+            f"{output_dir / 'results.json'} holds a finished run of {key}={have}, not {want}; accepted: the same "
+            f"config, another run folder (hydra.run.dir=<folder>), or delete {output_dir} to run it again"
+        )
+    return results
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -81,8 +99,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     check_launch(plain(cfg.trainer))
     output_dir = Path(cfg.paths.output_dir)
-    done = already_done(output_dir)
-    if done is not None and not cfg.get("resume"):
+    done = None if cfg.get("resume") else already_done(output_dir, cfg)
+    if done is not None:
         print(f"skipped: {output_dir / 'results.json'} exists (delete it to run again)")
         return done
     set_reproducible(bool(cfg.get("reproducible")))
