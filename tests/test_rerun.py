@@ -60,3 +60,43 @@ def test_every_rank_logs_to_its_own_file(monkeypatch):
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True)
     assert "classwise_rank_log" in OmegaConf.to_yaml(cfg.hydra.job_logging, resolve=False)
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_file_and_fails_in_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from classwise.checkpoints import AtomicCheckpointIO
+    from classwise.errors import RunFailed
+
+    io, target = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1}, target)
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 a quarter of a zip")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(RunFailed) as err:
+        io.save_checkpoint({"epoch": 2}, target)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert str(target) in str(err.value) and "No space left" in str(err.value) and "\n" not in str(err.value)
+    assert torch.load(target, weights_only=True) == {"epoch": 1}  # the previous checkpoint, whole
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_a_rerun_that_meets_an_unreadable_checkpoint_starts_over_and_says_so(tmp_path):
+    from tests.conftest import read_json, run_cli
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated by a full disk")
+    proc = run_cli("train", "debug=fast", "search.enabled=false", root=tmp_path, run_dir=run)
+    assert "last.ckpt is unreadable" in proc.stdout and "starts from scratch" in proc.stdout
+    assert read_json(run / "results.json")["run"]["resumed_from"] is None
+    import torch
+
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]  # a complete new one
+    assert not list((run / "checkpoints").glob(".*.tmp"))

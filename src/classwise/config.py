@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from classwise.errors import ConfigError, RankFailed
+from classwise.errors import ConfigError, RunFailed
 from classwise.launch import register_resolvers
 from classwise.reporting.runs import FAILED
 
@@ -131,7 +131,7 @@ def cli_errors(fn):
                 except Exception:  # noqa: BLE001 - recording the failure must not fail the sweep
                     pass
                 return None  # FailedJobs makes the whole multirun exit non-zero at its end
-            if isinstance(exc, RankFailed):
+            if isinstance(exc, RunFailed):
                 print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
                 sys.exit(1)
             if cause is None:

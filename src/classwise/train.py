@@ -11,7 +11,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -23,6 +22,7 @@ from classwise.builders import (
     destroy_process_group,
     plain,
 )
+from classwise.checkpoints import AtomicCheckpointIO, resume_meta
 from classwise.config import check_group_choices, cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
@@ -70,9 +70,8 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
-def check_resume_matches(path: str, meta: dict[str, Any]) -> None:
+def check_resume_matches(path: str, stored: dict[str, Any], meta: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint of another model or dataset (one line, before training)."""
-    stored = torch.load(path, map_location="cpu", weights_only=True).get("classwise") or {}
     for group, keys in (("model", ("name",)), ("dataset", ("name", "channels", "num_classes", "image_size"))):
         for key in keys:
             have, want = (stored.get(group) or {}).get(key), meta[group].get(key)
@@ -115,8 +114,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_classifier(model_cfg, dataset_cfg)
     ckpt = resume_checkpoint(cfg, output_dir)
     meta = {"model": model_cfg, "dataset": dataset_cfg, "setting": plain(setting), "seed": int(cfg.seed)}
-    if ckpt is not None:
-        check_resume_matches(ckpt, meta)
+    stored = resume_meta(ckpt, explicit=bool(cfg.get("resume"))) if ckpt is not None else None
+    if stored is None:
+        ckpt = None
+    else:
+        check_resume_matches(ckpt, stored, meta)
     module = ClassifierModule(
         model,
         optimizer=instantiate(cfg.module.optimizer),
@@ -132,7 +134,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(plain(cfg))
     extra = {"deterministic": "warn"} if cfg.get("reproducible") else {}
     strategy = strategy_with_timeout(cfg.trainer.get("strategy", "auto"), cfg.get("collective_timeout_min"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, strategy=strategy, **extra)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, strategy=strategy,
+                                     plugins=[AtomicCheckpointIO()], **extra)
 
     if trainer.local_rank == 0:
         # Finds or stages the data now, once per node: a missing dataset fails before training
