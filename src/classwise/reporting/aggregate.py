@@ -44,7 +44,7 @@ CATEGORICAL = re.compile(r"(^|_)(predicted_target|max_anomaly_class|true_target|
 DROPPED = ("run", "seed")
 # What the seed sets besides `seed` itself (conf/claim/: the backdoor target moves with the seed), and
 # what says where a run reports rather than what it computed.
-SEED_SET = ("seed", "target_class", "paths", "logger", "resume", "output_dir")
+SEED_SET = ("seed", "target_class", "paths", "logger", "resume", "output_dir", "dirpath", "default_root_dir")
 
 
 def config_of(run_id: str) -> str:
