@@ -123,3 +123,54 @@ def test_base_rates_stop_like_the_patterns_and_agree_with_the_whole_split():
         lo, hi = wilson_interval(int(seq.hits[k]), int(seq.n[k]))
         assert lo <= float(whole.rate[k]) <= hi
     assert seq.rate[2] == 0  # the model never answers 2: zero hits, whatever the order
+
+
+def test_sequential_stopping_points_do_not_depend_on_the_pass_size():
+    """The looks are fixed in images: a CPU pass of 7 images and a GPU pass of 5,000 stop at the same n."""
+    from classwise.patterns.evaluate import held_out_base_rates
+
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(3000, 1, SIDE, SIDE, generator=g)
+    labels = torch.arange(3000) % 3
+    canvases, pixels, _ = _patterns([0.02, 0.3, 0.6, 0.97])
+    targets = torch.tensor([1, 0, 1, 2])
+    runs = [attack_successes(Threshold(), canvases, pixels, targets, images, labels, max_forward=size,
+                             half_width=0.05, order_seed=7) for size in (7, 100, 256, 5000)]
+    for r in runs[1:]:
+        assert r.n.tolist() == runs[0].n.tolist() and r.hits.tolist() == runs[0].hits.tolist()
+    assert (runs[0].n < 2000).all()  # it did stop early
+    bases = [held_out_base_rates(Threshold(), images, labels, targets, half_width=0.05, order_seed=7, batch_size=size)
+             for size in (7, 300, 5000)]
+    assert all(b.n.tolist() == bases[0].n.tolist() and b.hits.tolist() == bases[0].hits.tolist() for b in bases)
+
+
+def test_intervals_after_the_stopping_rule_cover_the_true_rate():
+    """Simulated coverage of the reported interval where the rule stopped, at rates where stopping is
+    most biased (near 0, 0.03, 0.5, 0.97, 1): at least 0.94 at each."""
+    from classwise.intervals import look_schedule, sequential_z
+
+    n_images, target, reps = 4000, 0.05, 1500
+    looks, z = look_schedule(n_images), sequential_z(n_images)
+    g = torch.Generator().manual_seed(0)
+    for p in (0.005, 0.03, 0.1, 0.5, 0.97):
+        hits_at = (torch.rand(reps, n_images, generator=g) < p).cumsum(1)[:, [n - 1 for n in looks]]  # [reps, looks]
+        covered = 0
+        for row in hits_at.tolist():
+            for hits, n in zip(row, looks, strict=True):
+                if half_width(hits, n, z) <= target or n == n_images:
+                    lo, hi = wilson_interval(hits, n, z)
+                    covered += lo <= p <= hi
+                    break
+        assert covered / reps >= 0.94, (p, covered / reps)
+
+
+def test_a_bar_that_stops_early_says_why(monkeypatch, capsys):
+    monkeypatch.setenv("CLASSWISE_PROGRESS", "log")
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(3000, 1, SIDE, SIDE, generator=g), torch.zeros(3000, dtype=torch.long)
+    canvases, pixels, targets = _patterns([0.0, 1.0])
+    rates = attack_successes(Threshold(), canvases, pixels, targets, images, labels, half_width=0.1, order_seed=1,
+                             progress=True, description="evaluating patterns")
+    assert rates.n.tolist() == [128, 128]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "evaluating patterns" in last and "stopped: interval ±0.1 reached after 128 images" in last

@@ -311,3 +311,26 @@ def test_gallery_renders_in_headless_chromium(report):
     subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,900", (gallery / "index.html").as_uri()],
                    capture_output=True, timeout=120)
     assert shot.read_bytes()[:8] == PNG_MAGIC and plt.imread(shot).std() > 0.02
+
+
+def test_seed_aggregation_groups_by_the_resolved_config_minus_the_seed(tmp_path):
+    """Two trainers written under one folder name are two configurations; two seeds of one are one."""
+    from classwise.reporting.aggregate import aggregate_tables, config_groups
+    from classwise.reporting.runs import find_runs
+
+    def run(folder, seed, accelerator):
+        config = {"seed": seed, "trainer": {"accelerator": accelerator}, "search": {"seed": seed},
+                  "setting": {"poisoner": {"target_class": 1 + 3 * seed}}, "paths": {"output_dir": folder}}
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "results.json").write_text(json.dumps({
+            "run": {"dataset": "synthetic", "model": "small_cnn", "setting": "natural", "seed": seed,
+                    "config": config}, "metrics": {"clean_acc": 0.5 + seed / 10}}))
+
+    for i, (seed, accelerator) in enumerate([(0, "cpu"), (1, "cpu"), (0, "gpu"), (1, "gpu")]):
+        run(f"{i}_seed={seed}", seed, accelerator)
+    runs = find_runs(tmp_path)
+    groups = config_groups(runs)
+    assert sorted(len(g) for g in groups.values()) == [2, 2]
+    assert any("trainer.accelerator=gpu" in label for label in groups)
+    table = next(t for t in aggregate_tables(runs) if any("clean_acc" in c for c in t.columns))
+    assert sorted(row["n"] for row in table.rows) == [2, 2]

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from classwise.attacks.pgd import robust_accuracy
 from classwise.data.synthetic import make_synthetic
 from classwise.patterns import (
     CanvasConfig,
@@ -112,6 +113,53 @@ def test_search_baselines_and_neural_cleanse_run_in_eval_mode_and_leave_the_mode
         for h in handles:
             h.remove()
     assert len(seen) > 20 and not any(seen)  # BatchNorm and Dropout never ran in train mode
+
+
+class FakeCudaMemory:
+    """A device that reports memory, so the probe of every pass runs on a CPU: 1 GiB free, 1 MiB per probe."""
+
+    def __init__(self):
+        self.probes = 0
+
+    def free_total(self, device):
+        return 2**30, 2**31
+
+    def peak_bytes(self, device, fn):
+        self.probes += 1
+        fn()
+        return 2**20
+
+
+@pytest.fixture
+def probed(monkeypatch):
+    from classwise.patterns import chunking
+
+    memory = FakeCudaMemory()
+    monkeypatch.setattr(chunking, "memory_source", lambda device: memory)
+    return memory
+
+
+def test_the_memory_probe_of_every_pass_runs_in_eval_mode_on_a_model_left_in_train_mode(bn_net, probed):
+    """After `fit` the model is in train mode; measuring memory must not move BatchNorm's statistics."""
+    tr_x, tr_y, te_x, te_y = synthetic()
+    before = _snapshot(bn_net)
+    seen, handles = _modes_seen(bn_net)
+    try:
+        pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: tr_x[i])
+        classwise_patterns(
+            bn_net, [0, 1], CLASSES, pool, (te_x[:100], te_y[:100]), (te_x[200:400], te_y[200:400]), [RATIO],
+            SearchConfig(steps=4, batch_size=4), CanvasConfig(strategy="best_of_k", k=2), progress=False,
+            baselines=["random", "gradcam", "uap"], uap_cfg=UAPConfig(eps=0.1, steps=2), eval_ci=0.1,
+        )
+        predict(bn_net, te_x[:50])
+        robust_accuracy(bn_net, te_x[:20], te_y[:20], eps=0.03, step_size=0.01, steps=2)  # PGD-20 after `test`
+        neural_cleanse(bn_net, [0, 1], te_x[:100], te_y[:100], _tiny_neural_cleanse(), progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert probed.probes >= 5  # the search, its evaluations, the baselines and Neural Cleanse all measured
+    _assert_untouched(bn_net, before)
+    assert seen and not any(seen)
 
 
 def test_the_model_is_given_back_when_the_search_fails(bn_net):

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from classwise.errors import ConfigError
+from classwise.errors import ConfigError, RunFailed
 from classwise.launch import register_resolvers
 from classwise.reporting.runs import FAILED
 
@@ -72,7 +72,11 @@ def validate(cfg: DictConfig) -> None:
     if "detector" in cfg:
         # Detectors run after training and the search: a bad key or a threat model the data breaks
         # must not cost those minutes.
-        from classwise.pipeline.detection_step import build_detectors, check_threat_model_data, resolve_canvas_source
+        from classwise.pipeline.detection_step import (
+            build_detectors,
+            check_threat_model_data,
+            resolve_canvas_source,
+        )
 
         detectors = build_detectors(OmegaConf.to_container(cfg.detector, resolve=True) if cfg.detector else {})
         threat_model = cfg.get("threat_model", "clean_data")
@@ -136,6 +140,9 @@ def cli_errors(fn):
                 except Exception:  # noqa: BLE001 - recording the failure must not fail the sweep
                     pass
                 return None  # FailedJobs makes the whole multirun exit non-zero at its end
+            if isinstance(exc, RunFailed):
+                print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+                sys.exit(1)
             if cause is None:
                 raise
             refuse(cause)

@@ -46,6 +46,25 @@ def run_folder(base: str) -> str:
     return f"{base}/{launch_id() or datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
 
 
+def rank_log_suffix() -> str:
+    """`.rank<N>` in the log file name of every process but rank 0, so ranks never append to one file.
+
+    The rank comes from the launcher's environment (torchrun's RANK, SLURM's task id, or Lightning's
+    node and local rank for the processes its `ddp` starts), which Hydra reads before any process group exists.
+    """
+    env = os.environ
+    if env.get("RANK"):
+        rank = env["RANK"]
+    elif int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_PROCID"):
+        rank = env["SLURM_PROCID"]
+    elif env.get("LOCAL_RANK"):
+        node, local = env.get("NODE_RANK", "0"), env["LOCAL_RANK"]
+        rank = local if node == "0" else f"{node}.{local}"
+    else:
+        return ""
+    return "" if rank == "0" else f".rank{rank}"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -57,6 +76,8 @@ def register_resolvers() -> None:
         from classwise.population import member_seed
 
         OmegaConf.register_new_resolver("classwise_member_seed", member_seed)
+    if not OmegaConf.has_resolver("classwise_rank_log"):
+        OmegaConf.register_new_resolver("classwise_rank_log", rank_log_suffix)
 
 
 def seed_class(seed, num_classes) -> int:

@@ -21,7 +21,6 @@ from classwise.builders import (
     make_fabric,
     plain,
 )
-from classwise.callbacks.distributed import gather_to_rank0
 from classwise.config import check_group_choices, cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible
@@ -29,6 +28,7 @@ from classwise.models.external import load_model
 from classwise.models.loading import read_checkpoint
 from classwise.pipeline.search_step import run_pattern_search
 from classwise.progress import quiet_libraries
+from classwise.ranks import Ranks
 from classwise.reporting.results import read_results, update_results
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
                                             eval_ci=cfg.search.get("eval_ci"), seed=int(cfg.search.seed))}
     else:
         summary = run_pattern_search(
-            model, dm, cfg.search, output_dir, rank=rank, world_size=world,
-            gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
+            model, dm, cfg.search, output_dir, rank=rank, world_size=world, ranks=Ranks.of(fabric.strategy, world),
             detector=plain(cfg.get("detector")), trigger=trigger, target_class=target, progress=rank == 0,
             threat_model=cfg.get("threat_model", "clean_data"),
         )

@@ -11,7 +11,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -23,20 +22,39 @@ from classwise.builders import (
     destroy_process_group,
     plain,
 )
+from classwise.checkpoints import AtomicCheckpointIO, resume_meta
 from classwise.config import check_group_choices, cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
 from classwise.progress import quiet_libraries
-from classwise.reporting.results import read_results, update_results
+from classwise.reporting.results import first_difference, read_results, update_results
 
 log = logging.getLogger(__name__)
 
 
-def already_done(output_dir: Path) -> dict[str, Any] | None:
-    """A finished run's results (so a rerun sweep skips the job), else None."""
+# Keys that say where and how a run reports, not what it computes: a rerun may change them freely.
+NOT_RESULTS = ("paths", "logger", "resume")
+
+
+def already_done(output_dir: Path, cfg: DictConfig | None = None) -> dict[str, Any] | None:
+    """A finished run's results when they were made with this config (so a rerun sweep skips the job), else None.
+
+    A finished folder of another config is refused in one line: reusing its results would report
+    the old config under the new one.
+    """
     results = read_results(output_dir)
-    return results if results.get("metrics") and results.get("run") else None
+    if not (results.get("metrics") and results.get("run")):
+        return None
+    recorded = results["run"].get("config")
+    diff = first_difference(recorded or {}, plain(cfg), NOT_RESULTS) if cfg is not None else None
+    if diff is not None:
+        key, have, want = diff
+        raise ConfigError(
+            f"{output_dir / 'results.json'} holds a finished run of {key}={have}, not {want}; accepted: the same "
+            f"config, another run folder (hydra.run.dir=<folder>), or delete {output_dir} to run it again"
+        )
+    return results
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -52,9 +70,8 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
-def check_resume_matches(path: str, meta: dict[str, Any]) -> None:
+def check_resume_matches(path: str, stored: dict[str, Any], meta: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint of another model or dataset (one line, before training)."""
-    stored = torch.load(path, map_location="cpu", weights_only=True).get("classwise") or {}
     for group, keys in (("model", ("name",)), ("dataset", ("name", "channels", "num_classes", "image_size"))):
         for key in keys:
             have, want = (stored.get(group) or {}).get(key), meta[group].get(key)
@@ -81,8 +98,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     check_launch(plain(cfg.trainer))
     output_dir = Path(cfg.paths.output_dir)
-    done = already_done(output_dir)
-    if done is not None and not cfg.get("resume"):
+    done = None if cfg.get("resume") else already_done(output_dir, cfg)
+    if done is not None:
         print(f"skipped: {output_dir / 'results.json'} exists (delete it to run again)")
         return done
     set_reproducible(bool(cfg.get("reproducible")))
@@ -97,8 +114,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_classifier(model_cfg, dataset_cfg)
     ckpt = resume_checkpoint(cfg, output_dir)
     meta = {"model": model_cfg, "dataset": dataset_cfg, "setting": plain(setting), "seed": int(cfg.seed)}
-    if ckpt is not None:
-        check_resume_matches(ckpt, meta)
+    stored = resume_meta(ckpt, explicit=bool(cfg.get("resume"))) if ckpt is not None else None
+    if stored is None:
+        ckpt = None
+    else:
+        check_resume_matches(ckpt, stored, meta)
     module = ClassifierModule(
         model,
         optimizer=instantiate(cfg.module.optimizer),
@@ -114,7 +134,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(plain(cfg))
     extra = {"deterministic": "warn"} if cfg.get("reproducible") else {}
     strategy = strategy_with_timeout(cfg.trainer.get("strategy", "auto"), cfg.get("collective_timeout_min"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, strategy=strategy, **extra)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, strategy=strategy,
+                                     plugins=[AtomicCheckpointIO()], **extra)
 
     if trainer.local_rank == 0:
         # Finds or stages the data now, once per node: a missing dataset fails before training

@@ -103,11 +103,15 @@ def robust_accuracy(
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     correct = 0
-    for i in range(0, len(images), batch_size):
-        x, y = images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
-        adv = pgd(model, x, y, eps, step_size, steps, norm, True, g)
-        model.eval()
-        correct += int((model(adv).argmax(1) == y).sum())
+    was_training = model.training
+    try:
+        for i in range(0, len(images), batch_size):
+            x, y = images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
+            adv = pgd(model, x, y, eps, step_size, steps, norm, True, g)
+            model.eval()
+            correct += int((model(adv).argmax(1) == y).sum())
+    finally:
+        model.train(was_training)
     return correct / max(1, len(images))
 
 

@@ -8,9 +8,9 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from classwise.callbacks.distributed import gather_to_rank0
 from classwise.pipeline.search_step import run_pattern_search
 from classwise.pipeline.settings import parse_settings
+from classwise.ranks import Ranks
 
 
 class PatternSearch(Callback):
@@ -35,17 +35,17 @@ class PatternSearch(Callback):
         # (Strategy.teardown: lightning_module.cpu()): search on the device the model trained on.
         pl_module.to(trainer.strategy.root_device)
         world = trainer.world_size
+        ranks = Ranks.of(trainer.strategy, world)
         poisoner = getattr(trainer.datamodule, "poisoner", None)
-        self.summary = run_pattern_search(
-            pl_module.model, trainer.datamodule, self.settings, self.output_dir,
-            rank=trainer.global_rank, world_size=world,
-            gather=(lambda obj: gather_to_rank0(obj, world)) if world > 1 else None,
-            logger=trainer.logger if trainer.global_rank == 0 else None,
-            detector=self.detector,
-            trigger=getattr(poisoner, "trigger", None),
-            target_class=getattr(poisoner, "target_class", None),
-            threat_model=self.threat_model,
-        )
-        # Rank 0 alone wrote outputs and ran detection: the others wait here, under the
-        # configured collective timeout (trainer.strategy's), not inside the next stage's barrier.
-        trainer.strategy.barrier("pattern_search")
+        # Rank 0 alone writes outputs and runs detection: the others wait at the end of this block,
+        # under the configured collective timeout, and raise with rank 0 when it fails.
+        with ranks.together("pattern search"):
+            self.summary = run_pattern_search(
+                pl_module.model, trainer.datamodule, self.settings, self.output_dir,
+                rank=trainer.global_rank, world_size=world, ranks=ranks,
+                logger=trainer.logger if trainer.global_rank == 0 else None,
+                detector=self.detector,
+                trigger=getattr(poisoner, "trigger", None),
+                target_class=getattr(poisoner, "target_class", None),
+                threat_model=self.threat_model,
+            )

@@ -7,7 +7,8 @@ one GPU. Chunks never change a class's result: classes do not interact inside a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -16,29 +17,73 @@ MEMORY_SHARE = 0.5  # of the device's free memory one pass may take (the rest: t
 CPU_FORWARD = 2048  # images per pass where the device reports no memory (CPU): a cache-friendly size
 
 
-def activation_bytes(model: nn.Module, image_shape: tuple[int, ...], backward: bool, device: torch.device) -> int:
-    """Peak extra bytes one image takes in a forward (+ input-gradient backward) pass, measured on CUDA.
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no weight gradients for the duration; restores both afterwards."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class CudaMemory:
+    """Free / total bytes and the peak allocation of a callable, read from CUDA's allocator."""
+
+    def free_total(self, device: torch.device) -> tuple[int, int]:
+        return torch.cuda.mem_get_info(device)
+
+    def peak_bytes(self, device: torch.device, fn: Callable[[], None]) -> int:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+
+
+def memory_source(device: torch.device) -> CudaMemory | None:
+    """What measures memory on `device`: CUDA's allocator, or None where the device reports none (CPU).
+
+    The one seam through which a test drives the probe on a CPU (a fake source with the same two methods).
+    """
+    return CudaMemory() if device.type == "cuda" else None
+
+
+def activation_bytes(model: nn.Module, image_shape: tuple[int, ...], backward: bool, device: torch.device,
+                     memory: CudaMemory | None = None) -> int:
+    """Peak extra bytes one image takes in a forward (+ input-gradient backward) pass.
 
     Two images go through the model and the peak allocation above the start is halved: saved
-    activations scale with the batch, the weights do not.
+    activations scale with the batch, the weights do not. The probe runs in eval mode: after `fit`
+    the model is in train mode, and a train-mode forward of noise would move BatchNorm's running
+    statistics, so every later pass would see another model than the one saved.
     """
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    start = torch.cuda.memory_allocated(device)
-    x = torch.rand(2, *image_shape, device=device, requires_grad=backward)
-    with torch.set_grad_enabled(backward):
-        out = model(x)
-        if backward:
-            torch.autograd.grad(out.float().logsumexp(1).sum(), x)
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - start
-    del x, out
+    memory = memory or memory_source(device) or CudaMemory()
+
+    def probe() -> None:
+        x = torch.rand(2, *image_shape, device=device, requires_grad=backward)
+        with torch.set_grad_enabled(backward):
+            out = model(x)
+            if backward:
+                torch.autograd.grad(out.float().logsumexp(1).sum(), x)
+
+    with frozen(model):
+        peak = memory.peak_bytes(device, probe)
     return max(1, peak // 2)
 
 
 def images_per_pass(model: nn.Module, image_shape: tuple[int, ...], requested: int | None, backward: bool,
                     default: int = CPU_FORWARD) -> int:
-    """`requested` when set; on CUDA a share of free memory over the measured bytes per image; else `default`.
+    """`requested` when set; where the device reports memory, a share of its free memory over the measured
+    bytes per image; else `default`.
 
     With deterministic algorithms on (`reproducible=true`) the size comes from the device's *total*
     memory, so it is the same number on every run on that GPU model, whatever else holds memory.
@@ -46,11 +91,12 @@ def images_per_pass(model: nn.Module, image_shape: tuple[int, ...], requested: i
     if requested is not None:
         return max(1, int(requested))
     device = next(model.parameters()).device
-    if device.type != "cuda":
+    memory = memory_source(device)
+    if memory is None:
         return default
-    free, total = torch.cuda.mem_get_info(device)
+    free, total = memory.free_total(device)
     budget = (total if torch.are_deterministic_algorithms_enabled() else free) * MEMORY_SHARE
-    return max(1, int(budget // activation_bytes(model, image_shape, backward, device)))
+    return max(1, int(budget // activation_bytes(model, image_shape, backward, device, memory)))
 
 
 def class_chunks(n_classes: int, per_class: int, images: int) -> Iterator[slice]:

@@ -105,7 +105,7 @@ def classwise_patterns(
     per evaluation pass (null: from the device's memory). Everything random is keyed by (search_cfg.seed, class), so the result for
     a class does not depend on which other classes share the call.
 
-    eval_ci: stop evaluating each pattern and baseline once its Wilson 95% interval is at most
+    eval_ci: stop evaluating each pattern and baseline at the first look whose interval is at most
     +-eval_ci wide (a seeded random order of the eval split; None: the whole split). `timer`
     receives the seconds of each phase (canvas, search, evaluation, baselines.<name>).
     """

@@ -233,7 +233,7 @@ class PatternDetector(Detector):
         block["seconds"] = round(time.perf_counter() - start, 4)
         if block["median"] is None:
             return verdict_block(self.name, data, "abstained",
-                                 f"fewer than 3 classes with a non-empty mask: no spread to measure against", None, evidence=block)
+                                 "fewer than 3 classes with a non-empty mask: no spread to measure against", None, evidence=block)
         score = block["score"]
         prob = logistic(score, self.calibration)
         works = [c for c, s in zip(block["classes"], block["not_scored_mask"], strict=True) if not s]

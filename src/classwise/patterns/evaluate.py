@@ -34,25 +34,43 @@ def eval_order(n: int, order_seed: int) -> torch.Tensor:
 
 @dataclass
 class Rates:
-    """Counted rates of P patterns: hits [P] out of n [P] images, with their Wilson intervals."""
+    """Counted rates of P patterns: hits [P] out of n [P] images, with their Wilson intervals at `z`.
+
+    `z` is 95%'s 1.96 for a rate counted on every image, and the Bonferroni-corrected z of
+    `intervals.sequential_z` for one that a sequential evaluation stopped, so its interval keeps 95%.
+    """
 
     hits: torch.Tensor  # [P] int64
     n: torch.Tensor  # [P] int64
+    z: float = intervals.Z95
 
     @property
     def rate(self) -> torch.Tensor:
         return self.hits.float() / self.n.clamp(min=1).float()
 
     def half_width(self) -> torch.Tensor:
-        """[P] half-widths of the Wilson 95% intervals."""
-        return torch.tensor([intervals.half_width(int(h), int(n)) for h, n in zip(self.hits.flatten(), self.n.flatten(), strict=True)])
+        """[P] half-widths of the Wilson intervals."""
+        return torch.tensor([intervals.half_width(int(h), int(n), self.z)
+                             for h, n in zip(self.hits.flatten(), self.n.flatten(), strict=True)])
 
     def view(self, *shape: int) -> Rates:
-        return Rates(self.hits.view(*shape), self.n.view(*shape))
+        return Rates(self.hits.view(*shape), self.n.view(*shape), self.z)
 
     def fields(self, index: int | tuple[int, ...], name: str) -> dict[str, float | int | list[float]]:
         """`{name: rate, name_ci: [lo, hi], name_n: n}` of one entry, as results.json spells it."""
-        return intervals.rate_fields(int(self.hits[index]), int(self.n[index]), name)
+        return intervals.rate_fields(int(self.hits[index]), int(self.n[index]), name, self.z)
+
+
+def _looks(n_images: int, half_width: float | None) -> tuple[list[int], float]:
+    """Where a pass over n_images may stop, and the z of its intervals (every image, 95%, without `half_width`)."""
+    if half_width is None:
+        return [n_images], intervals.Z95
+    return intervals.look_schedule(n_images), intervals.sequential_z(n_images)
+
+
+def stopped_early(bar, half_width: float, n_seen: int) -> None:
+    """Say on the bar why it ends before 100%: every interval reached its half-width at a look."""
+    bar.set_postfix_str(f"stopped: interval \u00b1{half_width:g} reached after {n_seen:,} images", refresh=False)
 
 
 @torch.no_grad()
@@ -80,8 +98,10 @@ def attack_successes(
 
     `half_width`: sequential evaluation. The images are visited in one random order (seeded by
     `order_seed`, the same for every pattern, so a pattern's result does not depend on the others
-    in the call), chunk by chunk; a pattern leaves the batch once the Wilson 95% interval of its
-    rate is at most +-half_width wide. The whole set is the cap; None evaluates every image.
+    in the call); at each look of `intervals.look_schedule` (128, 256, 512, ... images), a pattern
+    leaves the batch once the interval of its rate (Wilson, Bonferroni over the looks) is at most
+    +-half_width wide. The looks are fixed in images, so n and ASR are the same for every
+    `max_forward` and device. The whole set is the cap; None evaluates every image.
     """
     device = next(model.parameters()).device
     max_forward = images_per_pass(model, tuple(images.shape[1:]), max_forward, backward=False, default=256)
@@ -94,35 +114,45 @@ def attack_successes(
         order = eval_order(len(images), order_seed)
         images, labels = images[order], labels[order]
     active = torch.arange(p_total)
+    looks, z = _looks(len(images), half_width)
     canvases_d, pixels_d, targets_d = canvases.to(device), pixels.to(device), targets.to(device)
-    with frozen(model), torch.no_grad():
-        for i in tqdm(range(0, len(images), n_img), desc=description, disable=not progress, leave=False):
+    bar = tqdm(total=len(images), desc=description, unit="img", disable=not progress, leave=False)
+    with frozen(model), torch.no_grad(), bar:
+        start = 0
+        for end in looks:
             if len(active) == 0:
                 break
-            x = as_float(images[i : i + n_img].to(device))  # [n, C, H, W]
-            y = labels[i : i + n_img].to(device)
-            for g0 in range(0, len(active), group):
-                ps = active[g0 : g0 + group].to(device)  # [g] pattern indices
-                t = targets_d[ps].unsqueeze(1)
-                others = y.unsqueeze(0) != t  # [g, n]
-                # An image of every pattern's target class counts for none of them: leave it out of
-                # the forward pass (on CPU a group is one pattern, so its class's ~1/K of the images).
-                keep = others.any(0)
-                if not bool(keep.any()):
-                    continue
-                xg, others = (x, others) if bool(keep.all()) else (x[keep], others[:, keep])
-                if additive:
-                    pert = torch.where(pixels_d[ps], canvases_d[ps], torch.zeros_like(canvases_d[ps]))
-                    pasted = (xg.unsqueeze(0) + pert.unsqueeze(1)).clamp(0, 1)
-                else:
-                    pasted = torch.where(pixels_d[ps].unsqueeze(1), canvases_d[ps].unsqueeze(1), xg.unsqueeze(0))
-                g = pasted.shape[0]
-                pred = model(pasted.flatten(0, 1)).argmax(1).view(g, -1)  # [g, n]
-                hits[ps.cpu()] += ((pred == t) & others).sum(1).cpu()
-                seen[ps.cpu()] += others.sum(1).cpu()
+            for i in range(start, end, n_img):
+                x = as_float(images[i : min(i + n_img, end)].to(device))  # [n, C, H, W]
+                y = labels[i : min(i + n_img, end)].to(device)
+                for g0 in range(0, len(active), group):
+                    ps = active[g0 : g0 + group].to(device)  # [g] pattern indices
+                    t = targets_d[ps].unsqueeze(1)
+                    others = y.unsqueeze(0) != t  # [g, n]
+                    # An image of every pattern's target class counts for none of them: leave it out of
+                    # the forward pass (on CPU a group is one pattern, so its class's ~1/K of the images).
+                    keep = others.any(0)
+                    if not bool(keep.any()):
+                        continue
+                    xg, others = (x, others) if bool(keep.all()) else (x[keep], others[:, keep])
+                    if additive:
+                        pert = torch.where(pixels_d[ps], canvases_d[ps], torch.zeros_like(canvases_d[ps]))
+                        pasted = (xg.unsqueeze(0) + pert.unsqueeze(1)).clamp(0, 1)
+                    else:
+                        pasted = torch.where(pixels_d[ps].unsqueeze(1), canvases_d[ps].unsqueeze(1), xg.unsqueeze(0))
+                    g = pasted.shape[0]
+                    pred = model(pasted.flatten(0, 1)).argmax(1).view(g, -1)  # [g, n]
+                    hits[ps.cpu()] += ((pred == t) & others).sum(1).cpu()
+                    seen[ps.cpu()] += others.sum(1).cpu()
+                bar.update(len(y))
+            start = end
             if half_width is not None:
-                active = active[Rates(hits[active], seen[active]).half_width() > half_width]
-    return Rates(hits, seen)
+                active = active[Rates(hits[active], seen[active], z).half_width() > half_width]
+                if len(active) == 0:
+                    if end < len(images):
+                        stopped_early(bar, half_width, end)
+                    break
+    return Rates(hits, seen, z)
 
 
 def attack_success_rates(model: nn.Module, canvases: torch.Tensor, pixels: torch.Tensor, targets: torch.Tensor,
@@ -145,25 +175,30 @@ def held_out_base_rates(model: nn.Module, images: torch.Tensor, labels: torch.Te
     """Base rates [P] (no paste) on the eval split, sequential like `attack_successes`.
 
     With `half_width`, images are predicted in the same seeded order as the patterns are evaluated
-    in, a pass at a time, until every target's Wilson interval is at most +-half_width wide (a base
-    rate near 0 is settled after a few hundred images); None predicts every image.
+    in, and stop at the first look (the same looks) where every target's interval is at most
+    +-half_width wide (a base rate near 0 is settled after a few hundred images); None predicts
+    every image.
     """
     if half_width is None:
         return base_rates(predict(model, images, batch_size), labels, targets)
     device = next(model.parameters()).device
     batch_size = images_per_pass(model, tuple(images.shape[1:]), batch_size, backward=False, default=256)
     order = eval_order(len(images), order_seed)
+    looks, z = _looks(len(images), half_width)
     hits = torch.zeros(len(targets), dtype=torch.long)
     seen = torch.zeros(len(targets), dtype=torch.long)
     with frozen(model):
-        for i in range(0, len(images), batch_size):
-            idx = order[i : i + batch_size]
-            pred = model(as_float(images[idx].to(device))).argmax(1).cpu()
-            step = base_rates(pred, labels[idx], targets)
-            hits, seen = hits + step.hits, seen + step.n
-            if bool((Rates(hits, seen).half_width() <= half_width).all()):
+        start = 0
+        for end in looks:
+            for i in range(start, end, batch_size):
+                idx = order[i : min(i + batch_size, end)]
+                pred = model(as_float(images[idx].to(device))).argmax(1).cpu()
+                step = base_rates(pred, labels[idx], targets)
+                hits, seen = hits + step.hits, seen + step.n
+            start = end
+            if bool((Rates(hits, seen, z).half_width() <= half_width).all()):
                 break
-    return Rates(hits, seen)
+    return Rates(hits, seen, z)
 
 
 def random_pixels(shape: tuple[int, int], ratios: list[float], generator: torch.Generator) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classwise.errors import ConfigError
-from classwise.patterns.chunking import images_per_pass
+from classwise.patterns.chunking import frozen, images_per_pass
 from classwise.progress import tqdm
 
 UPDATES = ("sign", "adam")
@@ -140,23 +140,6 @@ def paste(images: torch.Tensor, canvas: torch.Tensor, pixels: torch.Tensor) -> t
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats from images stored as uint8 (converted per batch, on the device); floats pass through."""
     return images.float().div_(255) if images.dtype == torch.uint8 else images
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no weight gradients for the duration; restores both afterwards."""
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            yield model
-    finally:
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 class OtherClassBatches:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from classwise.pipeline.detection_step import (
 )
 from classwise.pipeline.outputs import save_outputs
 from classwise.pipeline.settings import parse_settings
+from classwise.ranks import Ranks
 from classwise.reporting.results import read_results, update_results
 from classwise.timing import PhaseTimer
 
@@ -58,7 +59,7 @@ def run_pattern_search(
     run_dir: str | Path,
     rank: int = 0,
     world_size: int = 1,
-    gather: Callable[[Any], list[Any]] | None = None,
+    ranks: Ranks | None = None,
     logger: Any = None,
     progress: bool = True,
     detector: dict[str, Any] | None = None,
@@ -68,10 +69,11 @@ def run_pattern_search(
 ) -> dict[str, Any] | None:
     """Search this rank's share of the classes; rank 0 gathers, writes outputs and returns the summary.
 
-    `gather(obj)` returns every rank's obj on rank 0 (a collective: every rank calls it, also a rank
-    without classes). Outputs: patterns/masks.safetensors, patterns/class_XXX.png, patterns/grid.png
-    and the `search` and `classes` sections of results.json; with `detector` (the config group's
-    blocks), every detector's verdict under `threat_model` in `detection` and `detectors`.
+    `ranks`: the run's ranks (every rank calls this, also a rank without classes); their results
+    are gathered on rank 0, and a rank whose search raised makes every rank raise before the gather.
+    Outputs: patterns/masks.safetensors, patterns/class_XXX.png, patterns/grid.png and the `search`
+    and `classes` sections of results.json; with `detector` (the config group's blocks), every
+    detector's verdict under `threat_model` in `detection` and `detectors`.
     """
     from dataclasses import replace
 
@@ -90,24 +92,25 @@ def run_pattern_search(
     eval_x, eval_y = cap_per_class(*dm.split_tensors("eval", raw=True), other["eval_max_per_class"])
     timer = PhaseTimer()
     start = time.perf_counter()
-    patterns = classwise_patterns(
-        model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
-        progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
-        patch_cfg=other["patch"], eval_forward=other["eval_forward"], eval_ci=other["eval_ci"], timer=timer,
-    )
-    seconds = time.perf_counter() - start
-    records = [_to_record(p) for p in patterns]
     data = DetectionData(clean=search_set, held_out=(eval_x, eval_y), num_classes=dm.num_classes,
                          threat_model=threat_model, canvas_poisoned=poisoned_canvases, seed=search_cfg.seed,
                          progress=progress and rank == 0, max_forward=search_cfg.max_forward,
                          eval_forward=other["eval_forward"])
-    # Detectors that probe the model are sharded like the search: each rank measures its own classes.
     measured: dict[str, Any] = {}
-    for det in detectors:
-        with timer(f"detector.{det.name}"):
-            measured[det.name] = det.measure(model, mine, data)
-    if gather is not None:
-        gathered = gather((records, seconds, measured, timer.seconds))
+    with ranks.together("pattern search") if ranks is not None else nullcontext():
+        patterns = classwise_patterns(
+            model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
+            progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
+            patch_cfg=other["patch"], eval_forward=other["eval_forward"], eval_ci=other["eval_ci"], timer=timer,
+        )
+        seconds = time.perf_counter() - start
+        records = [_to_record(p) for p in patterns]
+        # Detectors that probe the model are sharded like the search: each rank measures its own classes.
+        for det in detectors:
+            with timer(f"detector.{det.name}"):
+                measured[det.name] = det.measure(model, mine, data)
+    if ranks is not None and ranks.world_size > 1:
+        gathered = ranks.gather((records, seconds, measured, timer.seconds))
         if rank != 0:
             return None
         records = [r for part, _, _, _ in gathered for r in part]

@@ -1,7 +1,9 @@
 """Aggregation over seeds: every registered table's rows grouped by configuration, mean +- 95% interval, n.
 
-A run's configuration is its folder with the seed taken out (`claim=badnets,seed=2` -> `claim=badnets`),
-so the seeds of one sweep cell fall into one group whatever the sweep's other keys are. Within a group:
+A run's configuration is its folder with the seed taken out (`claim=badnets,seed=2` -> `claim=badnets`)
+and its recorded, resolved config with the seed taken out, so the seeds of one sweep cell fall into one
+group whatever the sweep's other keys are, and runs that differ in any other key (two trainers written
+to one folder name) never do. Within a group:
 
 - a numeric column becomes its mean over the group's rows, its 95% Student-t half-width
   (t_{0.975, n-1} * sd / sqrt(n); blank for n < 2) and n, the number of rows with a value;
@@ -28,6 +30,7 @@ from typing import Any
 from scipy import stats
 
 from classwise.reporting.formats import cell_pretty, to_latex, to_markdown, write_csv
+from classwise.reporting.results import first_difference
 from classwise.reporting.runs import Run, as_number, as_text, natural_key
 from classwise.reporting.tables import TABLES, Table
 
@@ -39,12 +42,35 @@ ROW_KEYS = ("class_index",)
 # Integer-valued but categorical: a class, not a quantity.
 CATEGORICAL = re.compile(r"(^|_)(predicted_target|max_anomaly_class|true_target|class_index|target_class)$")
 DROPPED = ("run", "seed")
+# What the seed sets besides `seed` itself (conf/claim/: the backdoor target moves with the seed), and
+# what says where a run reports rather than what it computed.
+SEED_SET = ("seed", "target_class", "paths", "logger", "resume", "output_dir", "dirpath", "default_root_dir")
 
 
 def config_of(run_id: str) -> str:
     """The run folder without its seed part: the seeds of one configuration share it."""
     out = SEED_PART.sub("", JOB_NUMBER.sub(r"\1", run_id)).strip(",/_")
     return out or "(all)"
+
+
+def config_labels(runs: Sequence[Run]) -> dict[str, str]:
+    """Each run's group: its folder minus the seed, plus the first key where its resolved config (minus the
+    seed) differs from the first run of that folder name with another config."""
+    labels: dict[str, str] = {}
+    seen: dict[str, list[dict[str, Any]]] = {}
+    for run in sorted(runs, key=lambda r: natural_key(r.run_id)):
+        base, config = config_of(run.run_id), run.info.get("config") or {}
+        configs = seen.setdefault(base, [])
+        match = next((i for i, c in enumerate(configs) if first_difference(c, config, SEED_SET) is None), None)
+        if match is None:
+            configs.append(config)
+            match = len(configs) - 1
+        if match == 0:
+            labels[run.run_id] = base
+        else:
+            key, _, value = first_difference(configs[0], config, SEED_SET)
+            labels[run.run_id] = f"{base} [{key}={value}]"
+    return labels
 
 
 @dataclass(frozen=True)
@@ -135,8 +161,10 @@ class SeedTable:
         return Table(self.name, self.title, cols, rows)
 
 
-def aggregate_table(table: Table) -> SeedTable:
-    """Group `table`'s rows by configuration (and class), aggregate every other column over seeds."""
+def aggregate_table(table: Table, labels: dict[str, str] | None = None) -> SeedTable:
+    """Group `table`'s rows by configuration (and class), aggregate every other column over seeds.
+
+    `labels`: each run's configuration (`config_labels`); without it, the folder minus its seed."""
     keys = [k for k in ROW_KEYS if k in table.columns]
     numeric = [c for c in table.columns if _is_numeric(table, c) and c not in keys]
     # Each run's own eval-sampling interval stays in the per-run table; across seeds the spread of
@@ -145,7 +173,8 @@ def aggregate_table(table: Table) -> SeedTable:
              if c not in DROPPED and c not in keys and c not in numeric and not _is_interval(table, c)]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in table.rows:
-        key = (config_of(as_text(row.get("run"))), *(row.get(k) for k in keys))
+        run_id = as_text(row.get("run"))
+        key = ((labels or {}).get(run_id) or config_of(run_id), *(row.get(k) for k in keys))
         groups.setdefault(key, []).append(row)
     rows = []
     for key in sorted(groups, key=lambda k: [natural_key(as_text(x)) for x in k]):
@@ -163,7 +192,8 @@ def aggregate_table(table: Table) -> SeedTable:
 
 def aggregate_tables(runs: Sequence[Run]) -> list[SeedTable]:
     """Every registered table (tables.TABLES), aggregated over seeds."""
-    return [aggregate_table(make(runs)) for make in TABLES.values()]
+    labels = config_labels(runs)
+    return [aggregate_table(make(runs), labels) for make in TABLES.values()]
 
 
 def write_seed_tables(tables: Sequence[SeedTable], out: str | Path) -> list[Path]:
@@ -183,6 +213,7 @@ def write_seed_tables(tables: Sequence[SeedTable], out: str | Path) -> list[Path
 def config_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
     """Runs grouped by configuration (seed removed from the folder), in folder order."""
     groups: dict[str, list[Run]] = {}
+    labels = config_labels(runs)
     for run in sorted(runs, key=lambda r: natural_key(r.run_id)):
-        groups.setdefault(config_of(run.run_id), []).append(run)
+        groups.setdefault(labels[run.run_id], []).append(run)
     return groups

@@ -50,3 +50,29 @@ def detector_blocks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if isinstance(nc, dict):
         out["neural_cleanse"] = nc
     return out
+
+
+def flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved config as `{dotted.key: value}` in its own key order (lists are values)."""
+    if not isinstance(config, dict):
+        return {prefix: config} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(flat_config(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def first_difference(recorded: dict[str, Any], requested: dict[str, Any],
+                     ignore: tuple[str, ...] = ()) -> tuple[str, Any, Any] | None:
+    """The first key (in `requested`'s order, then `recorded`'s) whose values differ: (key, recorded, requested).
+
+    A key whose first part or last part is in `ignore` is left out (`paths`, or `seed` at any depth).
+    """
+    have, want = flat_config(recorded), flat_config(requested)
+    for key in [*want, *(k for k in have if k not in want)]:
+        parts = key.split(".")
+        if parts[0] in ignore or parts[-1] in ignore:
+            continue
+        if have.get(key, "<unset>") != want.get(key, "<unset>"):
+            return key, have.get(key, "<unset>"), want.get(key, "<unset>")
+    return None
