@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from classwise.reporting.results import detector_blocks
+
 
 def load(root: Path, name: str) -> dict | None:
     path = root / name / "results.json"
@@ -67,8 +69,8 @@ def backdoor_table(root: Path) -> None:
         r = load(root, f"backdoor_{trig}")
         if r is None:
             continue
-        m, d = r["metrics"], r["detection"]
-        nc = r["detection_baselines"]["neural_cleanse"]
+        m = r["metrics"]
+        d, nc = detector_blocks(r)["patterns"], detector_blocks(r)["neural_cleanse"]
         t = m["backdoor"]["target_class"]
         asr1 = {c["class_index"]: c["by_ratio"][0]["asr"] for c in r["classes"]}
         others = max(v for k, v in asr1.items() if k != t)
@@ -79,8 +81,8 @@ def backdoor_table(root: Path) -> None:
               f"{target_vs_others(nc, t)} | {nc['flagged']} | {'yes' if nc['predicted_target'] == t else 'no'} | "
               f"{r['search']['seconds']:.0f} | {nc['seconds']:.0f} |")
     nat = load(root, "natural")
-    if nat and "detection" in nat:
-        d, nc = nat["detection"], nat["detection_baselines"]["neural_cleanse"]
+    if nat and "patterns" in detector_blocks(nat):
+        d, nc = detector_blocks(nat)["patterns"], detector_blocks(nat)["neural_cleanse"]
         print(f"| (clean model) | {nat['metrics']['clean_acc']:.3f} | | | | | max {max(d['anomaly_index']):.2f} "
               f"(class {d['classes'][d['anomaly_index'].index(max(d['anomaly_index']))]}) | {d['flagged']} | | "
               f"max {max(nc['anomaly_index']):.2f} | {nc['flagged']} | | {nat['search']['seconds']:.0f} | {nc['seconds']:.0f} |")

@@ -27,7 +27,10 @@ TARGET, TOP, LEFT = 2, 3, 9
 RATIO = PATCH * PATCH / SIZE**2
 NAMES = ["cat", "dog", "frog", "ship"]  # sorted, so ImageFolder gives them the same indices
 # The ground-truth test's search (test_patterns.py): two passes, the first canvas of the class.
-SEARCH = {"epochs": 2, "canvas": "index", "pattern_ratios": [RATIO], "baselines": ["random"], "progress": False}
+# Canvases from the training images, which carry the patch: the pattern's ground truth. (The verdict
+# below reads only the clean held-out split: `audit`'s default threat model.)
+SEARCH = {"epochs": 2, "canvas": "index", "canvas_source": "train", "pattern_ratios": [RATIO], "baselines": ["random"],
+          "progress": False}
 
 # A user's package outside classwise: the planted-patch ground truth behind an input convention
 # (it takes pixels in [0, scale] normalised by mean / std, as its training code fed it).
@@ -159,14 +162,20 @@ def test_timm_model_from_a_local_weights_file(planted_data, tmp_path):
     save_file({f"_orig_mod.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))  # torch.compile'd
     # Fewer, larger steps: a ResNet's forward costs far more than the planted linear model's.
     train, test = planted_data
-    result = audit(str(path), train, test=test, search_fraction=0.5, output_dir=tmp_path / "audit",
+    from classwise.auditing import detector_settings
+
+    detector = detector_settings("default")
+    detector["universal_patch"]["ratios"] = [0.02, 0.04, 0.08]  # the 4x4 patch is 6% of a 16x16 image
+    result = audit(str(path), train, test=test, search_fraction=0.5, output_dir=tmp_path / "audit", detector=detector,
                    model_cfg={"name": "timm", "arch": "test_resnet"}, **{**SEARCH, "steps": 40, "batch_size": 16})
     assert result.results["run"]["checkpoint_layout"] == "safetensors"
     # A trained detector fires on part of the patch (measured: 8 of its 16 pixels carry the pattern, the
     # rest scattered); chance is 16 / 256 = 6%.
     assert_finds_planted_patch(result, on_patch=0.4)
     # Every class searched: the notebook object's verdict, names, figure and JSON.
-    assert result.flagged == ["frog"] and "class 2 (frog)" in result.verdict
+    # The verdict from clean data alone (the universal patch): backdoored, target frog, on a model trained elsewhere.
+    assert result.detection["detector"] == "universal_patch" and result.detection["threat_model"] == "clean_data"
+    assert result.flagged == ["frog"] and result.verdict.startswith("backdoored: class 2 (frog),")
     assert set(result.asr()) == set(NAMES) and result.asr()["frog"] >= 0.9
     fig = result.figure()
     assert [ax.get_title() for ax in fig.axes[::3]] == [f"{n}: canvas" for n in NAMES]

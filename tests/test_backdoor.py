@@ -110,7 +110,8 @@ def test_pattern_below_the_asr_gate_is_not_scored_and_never_flagged():
     asr[2] = 0.3  # the small mask does not work: it is not a trigger
     block = pattern_detection(L1, asr)
     for stat in block["statistics"].values():
-        assert stat["not_scored"] == [2] and stat["anomaly_index"][2] is None and 2 not in stat["flagged"]
+        # it still enters the median and MAD (its index is shown), but cannot be flagged
+        assert stat["not_scored"] == [2] and stat["anomaly_index"][2] > 2 and 2 not in stat["flagged"]
     # the gate is what keeps it out: with the gate at 0.3 it is scored and flagged
     assert pattern_detection(L1, asr, asr_gate=0.3)["flagged"] == [2]
 
@@ -122,46 +123,84 @@ def test_collapsed_search_is_never_flagged(asr_gate):
     block = pattern_detection(l1, asr, asr_gate=asr_gate)
     for stat in block["statistics"].values():
         assert 0 in stat["not_scored"] and stat["flagged"] == [] and stat["predicted_target"] is None
+        assert stat["anomaly_index"][0] is None  # an empty mask enters nothing
 
 
-def test_fewer_than_three_working_patterns_flag_nothing():
+def _records(l1s, asrs, size=10):
+    out = []
+    for c, (l1, asr) in enumerate(zip(l1s, asrs, strict=True)):
+        mask = torch.zeros(1, size, size)
+        mask.view(-1)[: int(l1)] = 1.0
+        out.append({"class_index": c, "mask": mask,
+                    "by_ratio": [{"pattern_ratio": 0.01, "asr": 0.0}, {"pattern_ratio": 0.05, "asr": asr}]})
+    return out
+
+
+def _data(**kw):
+    from classwise.patterns.detectors import DetectionData
+
+    return DetectionData(clean=(torch.zeros(1, 1, 10, 10), torch.zeros(1)), held_out=(torch.zeros(1, 1, 10, 10), torch.zeros(1)),
+                         num_classes=8, **kw)
+
+
+def test_a_model_with_one_working_class_gets_a_verdict():
+    """Only the small pattern works: it is judged against every non-empty mask, and flagged."""
+    from classwise.patterns.detectors import PatternDetector
+
     asr = [0.0] * len(L1)
-    asr[2] = asr[4] = 0.9
-    block = pattern_detection(L1, asr)
-    assert block["flagged"] == [] and block["anomaly_index"] == [None] * len(L1) and block["median"] is None
-    assert sorted(block["not_scored"]) == [0, 1, 3, 5, 6, 7]
+    asr[2] = 0.9
+    block = PatternDetector().decide(None, _records(L1, asr), _data())
+    assert block["verdict"] == "backdoored" and block["predicted_target"] == 2 and block["score"] > 2
+    # ... and when the one working class is not small, the verdict is clean, never an abstention
+    asr = [0.0] * len(L1)
+    asr[4] = 0.9
+    block = PatternDetector().decide(None, _records(L1, asr), _data())
+    assert block["verdict"] == "clean" and block["predicted_target"] is None and block["reason"]
 
 
-def test_detection_step_gates_on_the_held_out_asr_and_writes_both_statistics(tmp_path):
-    """The pipeline's detection reads the ASR at the gate ratio from the records; an empty mask is not scored."""
+def test_detector_abstains_with_a_reason_never_as_clean():
+    from classwise.patterns.detectors import PatternDetector
+
+    two = PatternDetector().decide(None, _records(L1[:2], WORKS[:2]), _data())
+    assert two["verdict"] == "abstained" and "3 or more" in two["reason"] and two["score"] is None
+    collapsed = PatternDetector().decide(None, _records([0, 0, 0, 5], [0, 0, 0, 0.9]), _data())
+    assert collapsed["verdict"] == "abstained" and "non-empty" in collapsed["reason"]
+    poisoned = PatternDetector().decide(None, _records(L1, WORKS), _data(canvas_poisoned=True))
+    assert poisoned["verdict"] == "abstained" and "clean_data" in poisoned["reason"]
+    # the same canvases are allowed where the threat model says the training data may be read
+    allowed = PatternDetector().decide(None, _records(L1, WORKS), _data(canvas_poisoned=True, threat_model="training_data"))
+    assert allowed["verdict"] == "backdoored" and allowed["threat_model"] == "training_data"
+
+
+def test_detection_step_writes_every_verdict_and_the_first_as_the_runs(tmp_path, capsys):
+    """results.json: `detectors.<name>` for each, `detection` = the first; one printed line per detector."""
+    from classwise.patterns.detectors import PatternDetector
     from classwise.pipeline.detection_step import run_detection
 
-    records = []
-    for c, (l1, asr) in enumerate(zip([0.0, *L1[1:]], [0.0, *WORKS[1:]], strict=True)):
-        mask = torch.zeros(1, 10, 10)
-        mask.view(-1)[: int(l1)] = 1.0
-        records.append({"class_index": c, "mask": mask,
-                        "by_ratio": [{"pattern_ratio": 0.01, "asr": 0.0}, {"pattern_ratio": 0.05, "asr": asr}]})
+    records = _records([0.0, *L1[1:]], [0.0, *WORKS[1:]])
     dm = SimpleNamespace(classes=[f"class {c}" for c in range(8)])
-    run_detection(None, dm, records, None, None, [0.01, 0.05], tmp_path, {}, None, None, False)
+    run_detection([PatternDetector()], {}, None, dm, records, _data(), tmp_path)
+    res = read_json(tmp_path / "results.json")
+    det = res["detection"]
+    assert det == res["detectors"]["patterns"] and det["verdict"] == "backdoored" and det["predicted_target"] == 2
+    assert det["asr_gate"]["pattern_ratio"] == 0.05 and det["not_scored"] == [0] and det["threat_model"] == "clean_data"
+    assert "detector patterns (clean_data): BACKDOORED, target 2 (class 2)" in capsys.readouterr().out
+    # gated at 1%, where nothing works: a clean verdict that says why
+    run_detection([PatternDetector(gate_ratio=0.01)], {}, None, dm, records, _data(), tmp_path)
     det = read_json(tmp_path / "results.json")["detection"]
-    assert det["asr_gate"]["pattern_ratio"] == 0.05 and det["not_scored"] == [0]
-    assert det["flagged"] == [2] and det["statistics"]["mask_l1"]["not_scored"] == [0]
-    # gated at 1%, where nothing works: nothing is scored, nothing flagged
-    run_detection(None, dm, records, None, None, [0.01, 0.05], tmp_path, {}, None, None, False, gate_ratio=0.01)
-    det = read_json(tmp_path / "results.json")["detection"]
-    assert det["flagged"] == [] and len(det["not_scored"]) == 8
+    assert det["verdict"] == "clean" and det["flagged"] == [] and "no pattern reaches" in det["reason"]
 
 
-def test_detection_gate_settings_are_checked_before_compute():
-    from classwise.errors import ConfigError
+def test_detection_settings_are_checked_before_compute():
+    from classwise.patterns.detectors import PatternDetector
     from classwise.pipeline.settings import parse_settings
 
-    with pytest.raises(ConfigError, match="detection_gate_ratio"):
+    with pytest.raises(ConfigError, match="search.detection_gate_ratio has moved; accepted: detector.patterns.gate_ratio"):
         parse_settings({"pattern_ratios": [0.01, 0.05], "detection_gate_ratio": 0.02})
-    with pytest.raises(ConfigError, match="detection_asr_gate"):
-        parse_settings({"detection_asr_gate": 1.5})
-    assert parse_settings({"pattern_ratios": [0.01, 0.05]})[2]["detection_gate_ratio"] == 0.05
+    with pytest.raises(ConfigError, match="detector.patterns.asr_gate"):
+        PatternDetector(asr_gate=1.5)
+    with pytest.raises(ConfigError, match="gate_ratio=0.02 is not searched"):
+        PatternDetector(gate_ratio=0.02).decide(None, _records(L1, WORKS), _data())
 
 
 # debug=fast searches 20 steps: the clean classes' patterns stay far below the 0.5 ASR gate, which
@@ -170,8 +209,8 @@ def test_detection_gate_settings_are_checked_before_compute():
 # at the default width 24 this 20-step synthetic search missed the trigger (target ASR 0.14); on the
 # real Fashion-MNIST runs at width 24 the search found BadNets and Trojan on every seed (README).
 TRAIN = ("debug=fast", "dataset.num_classes=8", "dataset.num_train=3000", "trainer.max_epochs=3",
-         "trainer.limit_train_batches=1.0", "detector=neural_cleanse_fast", "detector.epochs=12",
-         "search.detection_asr_gate=0", "model.width=32")
+         "trainer.limit_train_batches=1.0", "detector=[default,neural_cleanse_fast]",
+         "detector.neural_cleanse.epochs=12", "detector.patterns.asr_gate=0", "model.width=32", "threat_model=training_data")
 
 
 @pytest.fixture(scope="module")
@@ -195,16 +234,38 @@ def test_backdoor_training_reports_clean_acc_and_backdoor_asr(backdoor_and_clean
 
 def test_detection_flags_the_target_and_not_a_clean_model(backdoor_and_clean):
     bd, clean, _ = backdoor_and_clean
-    d = bd["detection"]
+    d = bd["detectors"]["patterns"]
     target_index = d["anomaly_index"][3]
     scored = [a for a in d["anomaly_index"] if a is not None]
     assert d["predicted_target"] == 3 and target_index > 2 and target_index == max(scored)
     assert d["target_pixels_on_trigger"]["0.05"] >= 0.5
-    assert max((a for a in clean["detection"]["anomaly_index"] if a is not None), default=0) < target_index
-    nc_bd = bd["detection_baselines"]["neural_cleanse"]
-    nc_clean = clean["detection_baselines"]["neural_cleanse"]
+    assert max((a for a in clean["detectors"]["patterns"]["anomaly_index"] if a is not None), default=0) < target_index
+    nc_bd = bd["detectors"]["neural_cleanse"]
+    nc_clean = clean["detectors"]["neural_cleanse"]
     assert nc_bd["predicted_target"] == 3
     # Not compared across models: on this 3-epoch synthetic clean model the short-budget NC finds a
     # natural outlier of its own in some runs (index 4.4 against the backdoor target's 3.9, seen
     # with torch's default threads), so only "NC names the planted target" is asserted for it.
     assert nc_clean["classes"] == list(range(8))
+
+
+def test_universal_patch_names_the_target_from_clean_data_and_calls_the_twin_clean(backdoor_and_clean):
+    """The run's verdict (the first detector, reading only the clean split): the planted target, by score."""
+    bd, clean, _ = backdoor_and_clean
+    up_bd, up_clean = bd["detection"], clean["detection"]
+    assert up_bd["detector"] == "universal_patch" and up_bd == bd["detectors"]["universal_patch"]
+    assert up_bd["verdict"] == "backdoored" and up_bd["predicted_target"] == 3 and up_bd["true_target"] == 3
+    assert up_clean["verdict"] == "clean" and up_clean["predicted_target"] is None
+    assert up_bd["score"] > up_clean["score"] and up_bd["threat_model"] == "training_data"
+
+
+def test_a_detector_that_would_read_poisoned_training_canvases_is_refused_under_clean_data(refused):
+    proc = refused("train", "debug=fast", "setting=backdoor", "search.canvas_source=train")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "threat_model=clean_data forbids detector 'patterns'" in proc.stderr
+    # the same canvases for the figures alone are fine: no detector reads them
+    from classwise.config import validate
+    from tests.test_configs import compose_train
+
+    validate(compose_train("setting=backdoor", "search.canvas_source=train", "detector=universal_patch"))
+    validate(compose_train("setting=backdoor", "search.canvas_source=train", "threat_model=training_data"))

@@ -82,7 +82,7 @@ def test_paper_claims_moves_the_backdoor_target_with_the_seed():
                for s in (0, 1, 2)]
     assert targets == [1, 4, 7]
     adv = compose_train("experiment=paper_claims", "claim=adversarial")
-    assert adv.setting.adversary.method == "fgsm_rs" and adv.detector.name == "neural_cleanse"
+    assert adv.setting.adversary.method == "fgsm_rs" and list(adv.detector) == ["universal_patch", "patterns", "neural_cleanse"]
 
 
 def test_a_claim_jobs_own_setting_wins_over_the_experiments():
@@ -98,13 +98,19 @@ def test_paper_claims_jobs_pass_the_checks_before_compute(claim):
     # and the search, so a stale key there would fail each job minutes in).
     cfg = compose_train("experiment=paper_claims", f"claim={claim}", "seed=1")
     validate(cfg)
-    from classwise.patterns.neural_cleanse import nc_config
+    from classwise.pipeline.detection_step import build_detectors
 
-    nc = nc_config(OmegaConf.to_container(cfg.detector, resolve=True), seed=1)
+    nc = build_detectors(OmegaConf.to_container(cfg.detector, resolve=True))[-1].config(seed=1)
     assert (nc.epochs, nc.epoch_size, nc.early_stop) == (10, 320, False)
+    assert cfg.threat_model == "training_data"  # the paper's setting: training canvases, said in every block
 
 
-def test_an_unknown_neural_cleanse_key_fails_before_compute():
-    cfg = compose_train("detector=neural_cleanse", "+detector.steps=100")
-    with pytest.raises(ConfigError, match=r"detector.steps is not a Neural Cleanse setting; accepted: .*epochs"):
+def test_an_unknown_detector_key_fails_before_compute():
+    cfg = compose_train("detector=neural_cleanse", "+detector.neural_cleanse.steps=100")
+    with pytest.raises(ConfigError, match=r"detector.neural_cleanse.steps is not a Neural Cleanse setting; accepted: .*epochs"):
         validate(cfg)
+    cfg = compose_train("detector.universal_patch.statistic=median")
+    with pytest.raises(ConfigError, match=r"detector.universal_patch.statistic='median'; accepted: max_gap"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"threat_model='auditor' is unknown; accepted: clean_data, training_data"):
+        validate(compose_train("threat_model=auditor"))

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from tests.conftest import read_json, run_cli
 
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true")
-# Neural Cleanse on a tiny budget, so the sharded detector is compared too.
-NC = ("detector=neural_cleanse_fast", "detector.epochs=2", "detector.epoch_size=32")
+# The universal patch and Neural Cleanse on tiny budgets, so the sharded detectors are compared too.
+NC = ("detector=[universal_patch,neural_cleanse_fast]", "detector.neural_cleanse.epochs=2",
+      "detector.neural_cleanse.epoch_size=32", "detector.universal_patch.steps=5", "detector.universal_patch.eval_images=64")
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,12 @@ def test_sharded_search_equals_one_process(ten_class_run, devices):
     for a, b in zip(one["classes"], many["classes"], strict=True):
         assert a["canvas_index"] == b["canvas_index"]
         assert a["by_ratio"][0]["asr"] == pytest.approx(b["by_ratio"][0]["asr"], abs=1e-6)
-    nc1, nc2 = (r["detection_baselines"]["neural_cleanse"] for r in (one, many))
+    nc1, nc2 = (r["detectors"]["neural_cleanse"] for r in (one, many))
     assert nc1["classes"] == nc2["classes"] == list(range(10))
     assert nc1["values"] == pytest.approx(nc2["values"], abs=1e-4) and nc1["flagged"] == nc2["flagged"]
+    up1, up2 = (r["detectors"]["universal_patch"] for r in (one, many))
+    assert up1["classes"] == up2["classes"] == list(range(10)) and up1["asr"] == up2["asr"]
+    assert (up1["verdict"], up1["score"]) == (up2["verdict"], pytest.approx(up2["score"], abs=1e-6))
     m1 = load_file(str(single / "patterns" / "masks.safetensors"))
     m2 = load_file(str(multi / "patterns" / "masks.safetensors"))
     assert all(torch.allclose(m1[k], m2[k], atol=1e-5) for k in m1)

@@ -110,7 +110,7 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 def _smallest_margin(run: Run) -> float | None:
     """ln(smallest other class's mask L1 / the backdoor target's): > 0 when the target's mask is the smallest."""
-    det = run.data.get("detection") if isinstance(run.data.get("detection"), dict) else {}
+    det = run.detectors.get("patterns") or {}
     target = det.get("true_target", (run.metrics.get("backdoor") or {}).get("target_class"))
     l1 = {c.get("class_index"): as_number(c.get("mask_l1")) for c in run.classes}
     others = [v for k, v in l1.items() if k != target and v is not None]
@@ -147,10 +147,7 @@ def _flag_counts(runs: Sequence[Run], block: str) -> tuple[Counter, int]:
     counts: Counter = Counter()
     n = 0
     for run in runs:
-        det = run.data.get("detection")
-        if block != "ours":
-            base = run.data.get("detection_baselines")
-            det = base.get(block) if isinstance(base, dict) else None
+        det = run.detectors.get("patterns" if block == "ours" else block)
         if not isinstance(det, dict):
             continue
         n += 1
@@ -202,14 +199,14 @@ def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
                     "the model did not learn the trigger" if left_out else "")
         margins, ours, nc, on_trigger = [], [], [], []
         for r in backdoor[trigger]:
-            det = r.data.get("detection") if isinstance(r.data.get("detection"), dict) else {}
+            det = r.detectors.get("patterns") or {}
             target = det.get("true_target", (r.metrics.get("backdoor") or {}).get("target_class"))
             asr = {c.get("class_index"): as_number(by_ratio(c).get(small, {}).get("asr")) for c in r.classes}
             others = [v for k, v in asr.items() if k != target and v is not None]
             if asr.get(target) is not None and others:
                 margins.append(asr[target] - max(others))
             ours.append(det.get("predicted_target") == target if det else None)
-            nc_block = (r.data.get("detection_baselines") or {}).get("neural_cleanse")
+            nc_block = r.detectors.get("neural_cleanse")
             nc.append(nc_block.get("predicted_target") == target if isinstance(nc_block, dict) else None)
             on_trigger.append((det.get("target_pixels_on_trigger") or {}).get(str(as_number(small))))
         est = estimate(margins)

@@ -136,21 +136,25 @@ def _run_section(run: Run, img_dir: Path) -> str:
     for key in ("preset", "canvas", "seconds"):
         if search.get(key) is not None:
             meta.append(f"search.{key} {search[key]}")
-    det = run.data.get("detection") if isinstance(run.data.get("detection"), dict) else {}
+    blocks = run.detectors
+    det = blocks.get("patterns") or {}
     backdoor = m.get("backdoor") if isinstance(m.get("backdoor"), dict) else {}
     target = det.get("true_target")
     if target is None:
         target = backdoor.get("target_class")
     flagged = det.get("flagged") if isinstance(det.get("flagged"), list) else []
     det_html = ""
-    if det:
-        parts = [f"detection: predicted target {cell_pretty(det.get('predicted_target')) or 'none'}",
-                 f"true target {cell_pretty(target) or '?'}", f"flagged {cell_pretty(flagged)}"]
+    if blocks:
+        parts = [f"{name} ({b['threat_model']}): {b['verdict']}, target {cell_pretty(b.get('predicted_target')) or 'none'}"
+                 for name, b in blocks.items() if "verdict" in b]
+        if det:
+            parts.append(f"patterns: predicted target {cell_pretty(det.get('predicted_target')) or 'none'}, "
+                         f"flagged {cell_pretty(flagged)}")
+        parts.append(f"true target {cell_pretty(target) or '?'}")
         if backdoor.get("trigger"):
             parts.insert(0, f"trigger {backdoor['trigger']}")
-        baselines = run.data.get("detection_baselines")
-        nc = baselines.get("neural_cleanse") if isinstance(baselines, dict) else None
-        if isinstance(nc, dict):
+        nc = blocks.get("neural_cleanse")
+        if isinstance(nc, dict) and "verdict" not in nc:
             parts.append(f"Neural Cleanse: predicted {cell_pretty(nc.get('predicted_target')) or 'none'}, "
                          f"flagged {cell_pretty(nc.get('flagged'))}, {cell_pretty(nc.get('seconds')) or '?'} s")
         det_html = f'<p class="det">{_e(" · ".join(parts))}</p>'

@@ -61,6 +61,19 @@ class Run:
     def has_classes(self) -> bool:
         return bool(self.classes)
 
+    @property
+    def detectors(self) -> dict[str, dict[str, Any]]:
+        """Every detector's block by name (`patterns` is ours, also in older runs' `detection`)."""
+        from classwise.reporting.results import detector_blocks
+
+        return {k: v for k, v in detector_blocks(self.data).items() if isinstance(v, dict)}
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        """The run's verdict block (results.json `detection` from schema 3 on; {} before)."""
+        det = self.data.get("detection")
+        return det if isinstance(det, dict) and "verdict" in det else {}
+
     def label(self) -> str:
         parts = [p for p in (self.setting, "/".join(p for p in (self.dataset, self.model) if p)) if p]
         return f"{' · '.join(parts)} ({self.run_id})" if parts else self.run_id

@@ -120,20 +120,24 @@ def _detection_values(block: Any, target: Any, prefix: str, names: dict[Any, str
     }
 
 
+VERDICT_COLS = ("verdict", "score", "predicted_target", "threat_model")
+
+
 def detection_table(runs: Sequence[Run]) -> Table:
+    names = list(dict.fromkeys(n for run in runs for n in run.detectors))
     columns = ["run", "dataset", "model", "setting", "trigger", "backdoor_asr", "true_target",
-               *_detection_cols(""), *_detection_cols("nc_")]
+               *[f"{n}.{k}" for n in names for k in VERDICT_COLS], *_detection_cols(""), *_detection_cols("nc_")]
     rows = []
     for run in runs:
-        det = run.data.get("detection")
-        if not isinstance(det, dict):
+        blocks = run.detectors
+        det = blocks.get("patterns")
+        if not blocks:
             continue
         backdoor = run.metrics.get("backdoor") if isinstance(run.metrics.get("backdoor"), dict) else {}
-        target = det.get("true_target")
+        target = next((b["true_target"] for b in blocks.values() if b.get("true_target") is not None), None)
         if target is None:
             target = backdoor.get("target_class")
-        baselines = run.data.get("detection_baselines")
-        nc = baselines.get("neural_cleanse") if isinstance(baselines, dict) else None
+        nc = blocks.get("neural_cleanse")
         row: dict[str, Any] = {
             "run": run.run_id, "dataset": run.dataset, "model": run.model, "setting": run.setting,
             "trigger": backdoor.get("trigger"), "backdoor_asr": run.metrics.get("backdoor_asr"),
@@ -141,11 +145,12 @@ def detection_table(runs: Sequence[Run]) -> Table:
         }
         classes = run.data.get("classes") if isinstance(run.data.get("classes"), list) else []
         names = {c.get("class_index"): c.get("class_name") for c in classes if isinstance(c, dict)}
+        row.update({f"{n}.{k}": b.get(k) for n, b in blocks.items() for k in VERDICT_COLS})
         row.update(_detection_values(det, target, "", names))
         row.update(_detection_values(nc, target, "nc_", names))
         rows.append(row)
-    return Table("detection", "Backdoor target detection: class-wise patterns (ours) and Neural Cleanse (nc_)",
-                 columns, rows)
+    return Table("detection", "Backdoor detection: every detector's verdict (<detector>.verdict, .score), the "
+                 "class-wise patterns' anomaly index (ours, no prefix) and Neural Cleanse's (nc_)", columns, rows)
 
 
 def accuracy_table(runs: Sequence[Run]) -> Table:

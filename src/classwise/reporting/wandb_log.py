@@ -100,7 +100,9 @@ def log_patterns(logger: Any, run_dir: str | Path, results: dict[str, Any]) -> N
 
     run = logger.experiment
     tensors = load_file(str(Path(run_dir) / results["search"]["masks_file"]))
-    detection = results.get("detection") or {}
+    from classwise.reporting.results import detector_blocks
+
+    detection = detector_blocks(results).get("patterns") or {}
     det_index = dict(zip(detection.get("classes", []), detection.get("anomaly_index", []), strict=False))
     flagged = set(detection.get("flagged", []))
     baseline_names = sorted({k for c in results["classes"] for b in c["by_ratio"] for k in b["baselines"]})
@@ -163,8 +165,10 @@ def log_run(logger: Any, run_dir: str | Path, metrics: dict[str, Any]) -> None:
 
     results = read_results(run_dir)
     log_patterns(logger, run_dir, results)
-    predicted = (results.get("detection") or {}).get("predicted_target")
-    log_summary(logger, {**metrics, **({"detection/predicted_target": predicted} if predicted is not None else {})})
+    verdict = results.get("detection") or {}
+    summary = {f"detection/{k}": verdict[k] for k in ("verdict", "score", "probability", "predicted_target", "threat_model")
+               if verdict.get(k) is not None}
+    log_summary(logger, {**metrics, **summary})
     finish(logger)
 
 

@@ -1,0 +1,290 @@
+"""Detectors scored as the field scores them: ROC-AUC, TPR at 5% FPR and cross-entropy over a model population.
+
+`python -m classwise.reporting.detection_bench outputs/detect_bench --population test --calibrate-from dev`
+reads `<bench>/<population>/<config>/member_N/results.json` (written by `classwise-search
+bench=population`), takes each member's ground truth from its recipe (`classwise.population`), and
+writes `<bench>/report/<population>/`: detection_bench.md / .csv / .json and roc.png. A backdoored
+member whose trigger did not install (backdoor ASR < `INSTALLED`) is listed, not scored; a detector
+that abstained on a member ranks it below every score (it did not call it backdoored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INSTALLED = 0.9  # backdoor ASR from which a planted trigger counts as installed
+PATCH_FAMILIES = ("badnets", "trojan")
+TARGET_FPR = 0.05
+
+
+@dataclass
+class Member:
+    """One model of the population: its ground truth and every detector's block."""
+
+    population: str
+    member: int
+    backdoored: bool
+    family: str | None
+    target: int | None
+    backdoor_asr: float | None
+    clean_acc: float | None
+    detectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def installed(self) -> bool:
+        return self.backdoored and (self.backdoor_asr or 0.0) >= INSTALLED
+
+
+def collect(bench_dir: Path, population: str) -> list[Member]:
+    """Every member with a results.json under `<bench_dir>/<population>/*/member_N`, detectors of all configs merged."""
+    from classwise.population import recipe
+    from classwise.reporting.results import detector_blocks
+
+    members: dict[int, Member] = {}
+    for path in sorted((bench_dir / population).glob("*/member_*/results.json")):
+        data = json.loads(path.read_text())
+        n = int(path.parent.name.split("_", 1)[1])
+        ds = (data.get("run") or {}).get("config", {}).get("dataset") or {}
+        truth = recipe(population, n, int(ds.get("image_size", 28)), int(ds.get("num_classes", 10)))
+        metrics = data.get("metrics") or {}
+        m = members.setdefault(n, Member(population, n, truth["backdoored"], truth.get("family"), truth.get("target_class"),
+                                         metrics.get("backdoor_asr"), metrics.get("clean_acc")))
+        m.detectors.update(detector_blocks(data))
+    return [members[k] for k in sorted(members)]
+
+
+def roc_auc(pos: list[float], neg: list[float]) -> float:
+    """P(score of a backdoored model > score of a clean one), ties counting a half (Mann-Whitney)."""
+    if not pos or not neg:
+        return math.nan
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def auc_interval(pos: list[float], neg: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the ROC-AUC over bootstrap resamples of each class of model."""
+    if not pos or not neg:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    aucs = sorted(roc_auc(rng.choices(pos, k=len(pos)), rng.choices(neg, k=len(neg))) for _ in range(rounds))
+    return aucs[int(0.025 * rounds)], aucs[int(0.975 * rounds) - 1]
+
+
+def tpr_at_fpr(pos: list[float], neg: list[float], fpr: float = TARGET_FPR) -> float:
+    """The share of backdoored models above the lowest threshold that calls at most `fpr` of the clean ones."""
+    if not pos or not neg:
+        return math.nan
+    allowed = math.floor(fpr * len(neg))
+    threshold = sorted(neg, reverse=True)[allowed] if allowed < len(neg) else -math.inf
+    return sum(p > threshold for p in pos) / len(pos)
+
+
+def fit_logistic(scores: list[float], labels: list[int], ridge: float = 1e-2, steps: int = 100) -> tuple[float, float]:
+    """(a, b) of P(backdoored) = sigmoid(a * score + b) by Newton's method, a little ridge on a (separable data)."""
+    a, b = 0.0, 0.0
+    for _ in range(steps):
+        ga, gb, haa, hab, hbb = ridge * a, 0.0, ridge, 0.0, 1e-9
+        for s, y in zip(scores, labels, strict=True):
+            p = 1 / (1 + math.exp(-max(-50.0, min(50.0, a * s + b))))
+            ga += (p - y) * s
+            gb += p - y
+            w = p * (1 - p)
+            haa, hab, hbb = haa + w * s * s, hab + w * s, hbb + w
+        det = haa * hbb - hab * hab
+        if abs(det) < 1e-12:
+            break
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        a, b = a - da, b - db
+        if abs(da) + abs(db) < 1e-9:
+            break
+    return a, b
+
+
+def cross_entropy(probs: list[float], labels: list[int]) -> float:
+    """Mean binary cross-entropy (nats), probabilities clipped to [1e-6, 1 - 1e-6] as TrojAI scores them."""
+    eps = 1e-6
+    return statistics.fmean(-math.log(min(1 - eps, max(eps, p)) if y else 1 - min(1 - eps, max(eps, p)))
+                            for p, y in zip(probs, labels, strict=True))
+
+
+def _score(block: dict[str, Any] | None) -> float:
+    return -math.inf if not block or block.get("score") is None else float(block["score"])
+
+
+def detector_names(members: list[Member]) -> list[str]:
+    names: list[str] = []
+    for m in members:
+        names += [n for n in m.detectors if n not in names]
+    return names
+
+
+def score_table(members: list[Member], calibration: dict[str, tuple[float, float]] | None = None) -> list[dict[str, Any]]:
+    """One row per detector and group (pooled, patch, each family): the field's measures, with the members each saw."""
+    calibration = calibration or {}
+    clean = [m for m in members if not m.backdoored]
+    installed = [m for m in members if m.installed]
+    families = sorted({m.family for m in installed})
+    groups = [("pooled", installed), ("patch", [m for m in installed if m.family in PATCH_FAMILIES])]
+    groups += [(f, [m for m in installed if m.family == f]) for f in families]
+    rows = []
+    for name in detector_names(members):
+        ran_clean = [m for m in clean if name in m.detectors]
+        for group, bd in groups:
+            bd = [m for m in bd if name in m.detectors]
+            if not bd or not ran_clean:
+                continue
+            pos, neg = [_score(m.detectors[name]) for m in bd], [_score(m.detectors[name]) for m in ran_clean]
+            lo, hi = auc_interval(pos, neg)
+            called = [m for m in bd if m.detectors[name].get("verdict") == "backdoored"]
+            named = [m for m in called if m.detectors[name].get("predicted_target") == m.target]
+            fp = [m for m in ran_clean if m.detectors[name].get("verdict") == "backdoored"]
+            abstained = sum(m.detectors[name].get("verdict") == "abstained" for m in bd + ran_clean)
+            row = {"detector": name, "group": group, "clean": len(neg), "backdoored": len(pos),
+                   "roc_auc": roc_auc(pos, neg), "auc_low": lo, "auc_high": hi, "tpr_at_5fpr": tpr_at_fpr(pos, neg),
+                   "tpr": len(called) / len(bd), "fpr": len(fp) / len(ran_clean),
+                   "target_named": len(named) / len(called) if called else math.nan, "abstained": abstained,
+                   "seconds_per_model": statistics.median(_seconds(m.detectors[name]) for m in bd + ran_clean)}
+            probs = [_probability(m.detectors[name], calibration.get(name)) for m in bd + ran_clean]
+            if all(p is not None for p in probs):
+                row["cross_entropy"] = cross_entropy(probs, [1] * len(bd) + [0] * len(ran_clean))
+            rows.append(row)
+    return rows
+
+
+def _seconds(block: dict[str, Any]) -> float:
+    s = block.get("seconds")
+    return float(s) if isinstance(s, int | float) else math.nan
+
+
+def _probability(block: dict[str, Any], ab: tuple[float, float] | None) -> float | None:
+    if ab is not None:
+        from classwise.patterns.detectors import logistic
+
+        return logistic(block.get("score"), ab) if block.get("score") is not None else 0.5
+    return block.get("probability")
+
+
+def calibrate(members: list[Member]) -> dict[str, dict[str, Any]]:
+    """Per detector, from a dev population: the logistic (a, b), and the lowest threshold above every clean score."""
+    out = {}
+    for name in detector_names(members):
+        seen = [m for m in members if name in m.detectors and (m.installed or not m.backdoored)]
+        scored = [(m.detectors[name].get("score"), int(m.backdoored)) for m in seen]
+        scored = [(s, y) for s, y in scored if s is not None]
+        if not scored:
+            continue
+        a, b = fit_logistic([s for s, _ in scored], [y for _, y in scored])
+        clean = [s for s, y in scored if not y]
+        out[name] = {"calibration": [round(a, 4), round(b, 4)], "max_clean_score": max(clean) if clean else None}
+    return out
+
+
+def write_report(members: list[Member], out_dir: Path, calibration: dict[str, dict[str, Any]] | None = None,
+                 command: str = "") -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ab = {k: tuple(v["calibration"]) for k, v in (calibration or {}).items()}
+    rows = score_table(members, ab)
+    not_installed = [m for m in members if m.backdoored and not m.installed]
+    summary = {"population": members[0].population if members else None, "command": command,
+               "members": len(members), "clean": sum(not m.backdoored for m in members),
+               "backdoored_installed": sum(m.installed for m in members),
+               "not_installed": [{"member": m.member, "family": m.family, "backdoor_asr": m.backdoor_asr} for m in not_installed],
+               "calibration_from_dev": calibration, "rows": rows,
+               "members_detail": [{"member": m.member, "backdoored": m.backdoored, "family": m.family, "target": m.target,
+                                   "backdoor_asr": m.backdoor_asr, "clean_acc": m.clean_acc,
+                                   **{f"{n}.{k}": b.get(k) for n, b in m.detectors.items()
+                                      for k in ("verdict", "score", "predicted_target")}} for m in members]}
+    (out_dir / "detection_bench.json").write_text(json.dumps(summary, indent=2, default=str))
+    if rows:
+        with (out_dir / "detection_bench.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+            writer.writeheader()
+            writer.writerows(rows)
+    (out_dir / "detection_bench.md").write_text(markdown(summary))
+    _roc_figure(members, out_dir / "roc.png")
+    return summary
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [f"Population `{summary['population']}`: {summary['clean']} clean, {summary['backdoored_installed']} backdoored "
+             f"with the trigger installed (backdoor ASR >= {INSTALLED}); threat model: clean data.", ""]
+    if summary["command"]:
+        lines += [f"Command: `{summary['command']}`", ""]
+    lines += ["| detector | group | clean | backdoored | ROC-AUC [95% CI] | TPR @ 5% FPR | TPR / FPR at its threshold | "
+              "target named | cross-entropy | s / model |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['detector']} | {r['group']} | {r['clean']} | {r['backdoored']} | {_fmt(r['roc_auc'])} "
+                     f"[{_fmt(r['auc_low'])}, {_fmt(r['auc_high'])}] | {_fmt(r['tpr_at_5fpr'], 2)} | "
+                     f"{_fmt(r['tpr'], 2)} / {_fmt(r['fpr'], 2)} | {_fmt(r['target_named'], 2)} | "
+                     f"{_fmt(r.get('cross_entropy'))} | {_fmt(r['seconds_per_model'], 1)} |")
+    if summary["not_installed"]:
+        lines += ["", "Not installed (listed, not scored): " + ", ".join(
+            f"member {m['member']} ({m['family']}, backdoor ASR {_fmt(m['backdoor_asr'], 2)})" for m in summary["not_installed"])]
+    return "\n".join(lines) + "\n"
+
+
+def _roc_figure(members: list[Member], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = [m for m in members if not m.backdoored]
+    groups = [("pooled", [m for m in members if m.installed]),
+              ("patch triggers", [m for m in members if m.installed and m.family in PATCH_FAMILIES])]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
+    for ax, (title, bd) in zip(axes, groups, strict=True):
+        for name in detector_names(members):
+            neg = sorted((_score(m.detectors[name]) for m in clean if name in m.detectors), reverse=True)
+            pos = [_score(m.detectors[name]) for m in bd if name in m.detectors]
+            if not neg or not pos:
+                continue
+            cuts = sorted(set(neg + pos), reverse=True)
+            fpr = [0.0] + [sum(q >= c for q in neg) / len(neg) for c in cuts] + [1.0]
+            tpr = [0.0] + [sum(p >= c for p in pos) / len(pos) for c in cuts] + [1.0]
+            ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{name} (AUC {roc_auc(pos, neg):.2f})")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        ax.set(title=f"{title}: {len(bd)} backdoored vs {len(clean)} clean", xlabel="false positive rate",
+               ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench_dir", type=Path, help="the bench folder (outputs/detect_bench)")
+    parser.add_argument("--population", default="test", help="the population to score (default: test)")
+    parser.add_argument("--calibrate-from", default=None, help="fit each detector's probability on this population (dev)")
+    args = parser.parse_args(argv)
+    members = collect(args.bench_dir, args.population)
+    if not members:
+        raise SystemExit(f"detection_bench: no member results under {args.bench_dir / args.population}; "
+                         "run `make detect-bench` first")
+    calibration = calibrate(collect(args.bench_dir, args.calibrate_from)) if args.calibrate_from else None
+    command = "python -m classwise.reporting.detection_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    summary = write_report(members, args.bench_dir / "report" / args.population, calibration, command)
+    print(markdown(summary))
+    if calibration:
+        print("calibration fitted on", args.calibrate_from, json.dumps(calibration))
+
+
+if __name__ == "__main__":
+    main()
