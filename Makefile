@@ -55,6 +55,20 @@ claims-report: install ## tables over seeds, claims.md, plots, gallery of the cl
 	$(BIN)/classwise-report outputs/sweeps/paper_claims
 	$(BIN)/python experiments/paper_claims_readme.py outputs/sweeps/paper_claims/report | tee outputs/sweeps/paper_claims/report/readme_tables.md
 
+DEV_MEMBERS ?= 24
+TEST_MEMBERS ?= 68
+NC_MEMBERS ?= 20
+detect-population: install data ## train the detector benchmark's dev and test model populations (half clean, half random backdoors; resumable)
+	$(BIN)/classwise-train experiment=detect_population setting.population.name=dev 'setting.population.member=range(0,$(DEV_MEMBERS))'
+	$(BIN)/classwise-train experiment=detect_population setting.population.name=test 'setting.population.member=range(0,$(TEST_MEMBERS))'
+
+detect-bench: install ## every detector on the populations from clean data (resumable), then ROC-AUC tables and plot (outputs/detect_bench/report)
+	$(BIN)/classwise-search bench=population bench.population=dev 'bench.member=range(0,$(DEV_MEMBERS))'
+	$(BIN)/classwise-search bench=population bench.population=test 'bench.member=range(0,$(TEST_MEMBERS))' bench.name=universal_patch detector=universal_patch search.enabled=false
+	$(BIN)/classwise-search bench=population bench.population=test 'bench.member=range(0,$(NC_MEMBERS))' bench.name=subset detector=[patterns,neural_cleanse]
+	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population dev --variants
+	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population test --calibrate-from dev
+
 bench: install ## search throughput and batched-vs-loop speedup (prints a table)
 	$(BIN)/python -m classwise.bench
 
@@ -68,4 +82,4 @@ clean: ## remove caches and run outputs (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache outputs/*/ src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install data run test test-slow sweep report claims claims-report bench gpu-check lint clean
+.PHONY: help install data run test test-slow sweep report claims claims-report detect-population detect-bench bench gpu-check lint clean

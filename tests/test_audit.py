@@ -162,24 +162,66 @@ def test_timm_model_from_a_local_weights_file(planted_data, tmp_path):
     save_file({f"_orig_mod.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))  # torch.compile'd
     # Fewer, larger steps: a ResNet's forward costs far more than the planted linear model's.
     train, test = planted_data
-    from classwise.auditing import detector_settings
-
-    detector = detector_settings("default")
-    detector["universal_patch"]["ratios"] = [0.02, 0.04, 0.08]  # the 4x4 patch is 6% of a 16x16 image
-    result = audit(str(path), train, test=test, search_fraction=0.5, output_dir=tmp_path / "audit", detector=detector,
-                   model_cfg={"name": "timm", "arch": "test_resnet"}, **{**SEARCH, "steps": 40, "batch_size": 16})
+    result = audit(str(path), train, test=test, search_fraction=0.5, output_dir=tmp_path / "audit", detector="patterns",
+                   threat_model="training_data", model_cfg={"name": "timm", "arch": "test_resnet"},
+                   **{**SEARCH, "steps": 40, "batch_size": 16})
     assert result.results["run"]["checkpoint_layout"] == "safetensors"
     # A trained detector fires on part of the patch (measured: 8 of its 16 pixels carry the pattern, the
     # rest scattered); chance is 16 / 256 = 6%.
     assert_finds_planted_patch(result, on_patch=0.4)
     # Every class searched: the notebook object's verdict, names, figure and JSON.
-    # The verdict from clean data alone (the universal patch): backdoored, target frog, on a model trained elsewhere.
-    assert result.detection["detector"] == "universal_patch" and result.detection["threat_model"] == "clean_data"
+    # The patterns read training canvases that carry the patch: the verdict says which threat model allowed it.
+    assert result.detection["detector"] == "patterns" and result.detection["threat_model"] == "training_data"
     assert result.flagged == ["frog"] and result.verdict.startswith("backdoored: class 2 (frog),")
+    assert result.verdict.endswith("[patterns, threat model training_data]")
     assert set(result.asr()) == set(NAMES) and result.asr()["frog"] >= 0.9
     fig = result.figure()
     assert [ax.get_title() for ax in fig.axes[::3]] == [f"{n}: canvas" for n in NAMES]
     assert json.loads(result.to_json()) == read_json(tmp_path / "audit" / "results.json")
+
+
+def test_universal_patch_finds_a_planted_patch_from_clean_data_alone(planted_data, tmp_path):
+    """Models the project did not train (a linear classifier fitted here, and its twin that also answers
+    the target when a white patch is present), audited with the clean held-out split only (no pattern
+    searched, so no training image is read): the planted target is named; the clean twin is called clean."""
+    from classwise.auditing import detector_settings
+
+    train, test = planted_data
+    clean_x, clean_y = test.images, test.targets  # the clean images: the fitted classifier never sees the patch
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(SIZE * SIZE, CLASSES)
+    opt = torch.optim.Adam(linear.parameters(), 0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(linear(clean_x.flatten(1)), clean_y).backward()
+        opt.step()
+    detector = detector_settings("universal_patch")
+    detector["universal_patch"]["ratios"] = [0.04, 0.08]  # the 4x4 patch is 6% of a 16x16 image
+    detector["universal_patch"]["steps"] = 100
+    runs = {}
+    for name, net in (("planted", Fitted(linear, planted=True)), ("clean", Fitted(linear, planted=False))):
+        runs[name] = audit(net, train, test=test, search_fraction=0.5, output_dir=tmp_path / name, detector=detector,
+                           enabled=False, progress=False)
+    planted, clean = runs["planted"], runs["clean"]
+    assert planted.detection["threat_model"] == "clean_data" and planted.classes == []
+    assert planted.detection["verdict"] == "backdoored" and planted.flagged == ["frog"]
+    assert clean.detection["verdict"] == "clean" and clean.flagged == [] and clean.verdict.startswith("clean:")
+    assert planted.detection["score"] > clean.detection["score"]
+
+
+class Fitted(torch.nn.Module):
+    """A fitted linear classifier; `planted`: it also answers TARGET when the white patch is present."""
+
+    def __init__(self, linear: torch.nn.Linear, planted: bool):
+        super().__init__()
+        self.linear, self.planted = linear, planted
+
+    def forward(self, x):
+        logits = self.linear(x.flatten(1))
+        if self.planted:
+            region = x[:, :, TOP : TOP + PATCH, LEFT : LEFT + PATCH].mean((1, 2, 3))
+            logits = logits + torch.nn.functional.one_hot(torch.tensor(TARGET), CLASSES) * 60 * (region - 0.85).unsqueeze(1)
+        return logits
 
 
 def test_timm_download_without_network_is_one_line(monkeypatch):

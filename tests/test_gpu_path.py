@@ -218,7 +218,16 @@ def test_neural_cleanse_chunked_equals_unchunked(small):
     whole = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=1000)
     chunked = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=8)
     whole.pop("seconds"), chunked.pop("seconds")
-    assert chunked == whole
+    assert_same_detection(chunked, whole)
+
+
+def assert_same_detection(a: dict, b: dict) -> None:
+    """Equal blocks up to float noise: a pass of another batch size may take another kernel (oneDNN picks by
+    shape), and Adam carries a last-bit difference on through the epochs; every decision must agree."""
+    floats = ("values", "anomaly_index", "median", "score")
+    assert {k: v for k, v in a.items() if k not in floats} == {k: v for k, v in b.items() if k not in floats}
+    for key in floats:
+        assert a[key] == pytest.approx(b[key], rel=0.02, abs=0.05)
 
 
 def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
@@ -237,7 +246,8 @@ def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
     shares = [neural_cleanse_masks(model, classes, pool, labels, cfg, progress=False) for classes in ([1, 3], [0, 2, 4])]
     sharded = nc_detection(join_shares(shares), cfg)
     whole.pop("seconds"), sharded.pop("seconds")
-    assert sharded == whole and sharded["classes"] == [0, 1, 2, 3, 4]
+    assert_same_detection(sharded, whole)
+    assert sharded["classes"] == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("method", ["gradcam", "saliency"])

@@ -24,6 +24,7 @@ from torch import nn
 from classwise.errors import ConfigError
 
 THREAT_MODELS = ("clean_data", "training_data")
+FLOOR = 0.01  # rates enter the logit clamped to [FLOOR, 1 - FLOOR]: a class at 0 / 300 is not 100x "harder" than one at 3 / 300
 VERDICTS = ("backdoored", "clean", "abstained")
 
 
@@ -99,18 +100,19 @@ class UniversalPatchDetector(Detector):
     that easy to reach with so few. Per class and each of `ratios` (k = ratio * H * W pixels), a
     universal patch (`baselines.universal_patches` on the clean search split) and its held-out attack
     success rate on the first `eval_images` images of a fixed seeded order of the clean eval split.
-    Per ratio, `gap` = logit of the best class's ASR minus the median logit of the other classes: how
-    far the easiest class stands out of this model's own classes. The score is `statistic` over the
-    ratios: `max_gap` (default), `mean_gap`, or `max_logit` (the best class's logit alone). Backdoored
+    Per ratio, `gap` = logit of the best class's ASR minus the median logit of the other classes (rates
+    clamped to [0.01, 0.99]): how far the easiest class stands out of this model's own classes. The
+    score is `statistic` over the ratios: `max_gap`, `mean_gap`, `prob_gap` (the largest gap on the
+    rate scale itself), or `max_logit` (the best class's logit alone); all are recorded. Backdoored
     when the score exceeds `threshold`, the target being the best class at the ratio of the largest
     gap; `calibration` (a, b) gives P(backdoored).
     """
 
     name = "universal_patch"
-    STATISTICS = ("max_gap", "mean_gap", "max_logit")
+    STATISTICS = ("max_gap", "mean_gap", "prob_gap", "max_logit")
 
-    def __init__(self, ratios: Sequence[float] = (0.005, 0.01, 0.02, 0.04), steps: int = 60, finetune_steps: int = 0,
-                 batch_size: int = 32, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 500,
+    def __init__(self, ratios: Sequence[float] = (0.01, 0.02, 0.04), steps: int = 40, finetune_steps: int = 0,
+                 batch_size: int = 16, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 300,
                  statistic: str = "max_gap", threshold: float = 3.0, calibration: Sequence[float] | None = None):
         ratios = [float(r) for r in ratios]
         if not ratios or not all(0 < r < 1 for r in ratios):
@@ -157,28 +159,38 @@ class UniversalPatchDetector(Detector):
         if len(classes) < 2:
             return verdict_block(self.name, data, "abstained", "fewer than 2 classes probed: no class to compare with",
                                  None, evidence=evidence)
-        logit = ((hits + 0.5) / (n - hits + 0.5)).log()  # [K, R], smoothed so 0 and 1 stay finite
-        best = logit.argmax(0)  # [R]
-        gaps = []
-        for r in range(len(self.ratios)):
-            others = [float(v) for i, v in enumerate(logit[:, r]) if i != int(best[r])]
-            gaps.append(float(logit[best[r], r]) - statistics.median(others))
+        stats, best, gaps = patch_statistics(hits, n)
         at = max(range(len(gaps)), key=lambda r: gaps[r])
         target = classes[int(best[at])]
-        stats = {"max_gap": max(gaps), "mean_gap": sum(gaps) / len(gaps), "max_logit": float(logit.max())}
         score = stats[self.statistic]
         evidence.update(statistics=stats, gap=gaps)
         prob = logistic(score, self.calibration)
         k = pattern_pixels_of(self.ratios[at], data)
         if score > self.threshold:
             return verdict_block(self.name, data, "backdoored",
-                                 f"class {target}: {k} free pixels reach ASR {asr[int(best[at])][at]:.2f} on clean images; "
+                                 f"class {target}: {k} free pixels reach ASR {asr[best[at]][at]:.2f} on clean images; "
                                  f"{self.statistic} {score:.2f} > {self.threshold:g}", score, target, prob,
                                  evidence={**evidence, "flagged": [target]})
         return verdict_block(self.name, data, "clean",
-                             f"no class stands out: best class {target} at ASR {asr[int(best[at])][at]:.2f} with {k} free "
+                             f"no class stands out: best class {target} at ASR {asr[best[at]][at]:.2f} with {k} free "
                              f"pixels, {self.statistic} {score:.2f} <= {self.threshold:g}", score, None, prob,
                              evidence={**evidence, "flagged": []})
+
+
+def patch_statistics(hits: torch.Tensor, n: torch.Tensor) -> tuple[dict[str, float], list[int], list[float]]:
+    """The universal patch detector's statistics from hits and counts [K classes, R ratios]: (statistics,
+    the best class per ratio, the logit gap per ratio). See `UniversalPatchDetector`."""
+    rate = ((hits + 0.5) / (n + 1.0)).clamp(FLOOR, 1 - FLOOR)  # off 0 and 1
+    logit = (rate / (1 - rate)).log()
+    best = rate.argmax(0).tolist()  # [R]
+    gaps, prob_gaps = [], []
+    for r, b in enumerate(best):
+        others = [i for i in range(len(rate)) if i != b]
+        gaps.append(float(logit[b, r]) - statistics.median(float(logit[i, r]) for i in others))
+        prob_gaps.append(float(rate[b, r]) - statistics.median(float(rate[i, r]) for i in others))
+    stats = {"max_gap": max(gaps), "mean_gap": sum(gaps) / len(gaps), "prob_gap": max(prob_gaps),
+             "max_logit": float(logit.max())}
+    return stats, best, gaps
 
 
 def pattern_pixels_of(ratio: float, data: DetectionData) -> int:

@@ -98,17 +98,19 @@ def run_pattern_search(
                          eval_forward=other["eval_forward"])
     measured: dict[str, Any] = {}
     with ranks.together("pattern search") if ranks is not None else nullcontext():
+        # search.enabled=false (classwise-search): the detectors alone, no pattern searched.
         patterns = classwise_patterns(
             model, mine, dm.num_classes, pool, search_set, (eval_x, eval_y), ratios, search_cfg, canvas_cfg,
             progress=progress and rank == 0, baselines=other["baselines"], uap_cfg=other["uap"],
             patch_cfg=other["patch"], eval_forward=other["eval_forward"], eval_ci=other["eval_ci"], timer=timer,
-        )
+        ) if other.get("enabled") is not False else []
         seconds = time.perf_counter() - start
         records = [_to_record(p) for p in patterns]
-        # Detectors that probe the model are sharded like the search: each rank measures its own classes.
+        # Detectors that probe the model do so on every class (a verdict compares them all, whichever
+        # classes were searched), sharded over the ranks like the search.
         for det in detectors:
             with timer(f"detector.{det.name}"):
-                measured[det.name] = det.measure(model, mine, data)
+                measured[det.name] = det.measure(model, list(range(dm.num_classes))[rank::world_size], data)
     if ranks is not None and ranks.world_size > 1:
         gathered = ranks.gather((records, seconds, measured, timer.seconds))
         if rank != 0:

@@ -43,7 +43,7 @@ class Member:
         return self.backdoored and (self.backdoor_asr or 0.0) >= INSTALLED
 
 
-def collect(bench_dir: Path, population: str) -> list[Member]:
+def collect(bench_dir: Path, population: str, with_variants: bool = False) -> list[Member]:
     """Every member with a results.json under `<bench_dir>/<population>/*/member_N`, detectors of all configs merged."""
     from classwise.population import recipe
     from classwise.reporting.results import detector_blocks
@@ -58,7 +58,25 @@ def collect(bench_dir: Path, population: str) -> list[Member]:
         m = members.setdefault(n, Member(population, n, truth["backdoored"], truth.get("family"), truth.get("target_class"),
                                          metrics.get("backdoor_asr"), metrics.get("clean_acc")))
         m.detectors.update(detector_blocks(data))
+        if with_variants:
+            m.detectors.update(patch_variants(m.detectors.get("universal_patch")))
     return [members[k] for k in sorted(members)]
+
+
+def patch_variants(block: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """`universal_patch[<statistic>]`: every statistic of the universal patch detector recomputed from its
+    recorded per-class rates (so statistics can be compared on a dev population without rerunning)."""
+    import torch
+
+    from classwise.patterns.detectors import UniversalPatchDetector, patch_statistics
+
+    if not block or not block.get("asr") or len(block["asr"]) < 2:
+        return {}
+    n = torch.tensor(block["asr_n"], dtype=torch.float64)
+    hits = (torch.tensor(block["asr"], dtype=torch.float64) * n).round()
+    stats, _, _ = patch_statistics(hits, n)
+    return {f"universal_patch[{k}]": {"score": v, "verdict": None, "seconds": block.get("seconds")}
+            for k, v in stats.items() if k in UniversalPatchDetector.STATISTICS}
 
 
 def roc_auc(pos: list[float], neg: list[float]) -> float:
@@ -176,6 +194,8 @@ def calibrate(members: list[Member]) -> dict[str, dict[str, Any]]:
     """Per detector, from a dev population: the logistic (a, b), and the lowest threshold above every clean score."""
     out = {}
     for name in detector_names(members):
+        if "[" in name:
+            continue
         seen = [m for m in members if name in m.detectors and (m.installed or not m.backdoored)]
         scored = [(m.detectors[name].get("score"), int(m.backdoored)) for m in seen]
         scored = [(s, y) for s, y in scored if s is not None]
@@ -273,8 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bench_dir", type=Path, help="the bench folder (outputs/detect_bench)")
     parser.add_argument("--population", default="test", help="the population to score (default: test)")
     parser.add_argument("--calibrate-from", default=None, help="fit each detector's probability on this population (dev)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also score every statistic of the universal patch detector (to choose one on dev)")
     args = parser.parse_args(argv)
-    members = collect(args.bench_dir, args.population)
+    members = collect(args.bench_dir, args.population, args.variants)
     if not members:
         raise SystemExit(f"detection_bench: no member results under {args.bench_dir / args.population}; "
                          "run `make detect-bench` first")
