@@ -156,7 +156,8 @@ def test_the_wheel_resolves_beside_a_users_torch(wheel, tmp_path, torch_version,
     _fake_dist(site, "torch", torch_version)
     _fake_dist(site, "torchvision", vision_version, [f"torch=={torch_version}"])
     site.joinpath("borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
+    # No pip config (its index and constraints), and no PYTHONPATH: a source tree there is no installed torch.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHONPATH"))} | {"PIP_CONFIG_FILE": os.devnull}
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--dry-run", "--no-index", wheel],
                           capture_output=True, text=True, timeout=300, env=env)
     if keeps:
@@ -175,11 +176,11 @@ def test_wheel_installs_and_trains_from_an_empty_folder(wheel, tmp_path):
     python = venv / "bin" / "python"
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
     Path(site, "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "CLASSWISE_"))}
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], env=env)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONPATH", "CLASSWISE_"))}
     env.update(WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     where = _run([python, "-c", "import classwise.config as c; print(c.__file__); print(c.conf_dir())"], cwd=empty, env=env)
     module_file, conf = where.stdout.split()
