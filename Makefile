@@ -9,15 +9,15 @@ DATA_DIR ?= data
 .DEFAULT_GOAL := help
 
 help: ## list every target
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -d $(VENV) || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv once and install classwise with its dev tools
+install: $(STAMP) ## create .venv once: classwise with every extra and the dev tools, at the tested versions (constraints.txt)
 
 data: ## make Fashion-MNIST available (Debian's package where apt works, else torchvision's download)
 	@if ls $(DATA_DIR)/FashionMNIST/raw/*-ubyte >/dev/null 2>&1 || ls /usr/share/datasets/fashion-mnist/*.gz >/dev/null 2>&1; then \
@@ -62,24 +62,24 @@ detect-population: install data ## train the detector benchmark's dev and test m
 	$(BIN)/classwise-train experiment=detect_population setting.population.name=dev 'setting.population.member=range(0,$(DEV_MEMBERS))'
 	$(BIN)/classwise-train experiment=detect_population setting.population.name=test 'setting.population.member=range(0,$(TEST_MEMBERS))'
 
-detect-bench: install ## every detector on the populations from clean data (resumable), then ROC-AUC tables and plot (outputs/detect_bench/report)
-	$(BIN)/classwise-search bench=population bench.population=dev 'bench.member=range(0,$(DEV_MEMBERS))'
-	$(BIN)/classwise-search bench=population bench.population=test 'bench.member=range(0,$(TEST_MEMBERS))' bench.name=universal_patch detector=universal_patch search.enabled=false
-	$(BIN)/classwise-search bench=population bench.population=test 'bench.member=range(0,$(NC_MEMBERS))' bench.name=subset detector=[patterns,neural_cleanse]
-	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population dev --variants
-	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population test --calibrate-from dev
-
-bench: install ## search throughput and batched-vs-loop speedup (prints a table)
-	$(BIN)/python -m classwise.bench
+detect-bench: install ## search throughput and batched-vs-loop speedup (prints a table; saves outputs/bench.json)
+	$(BIN)/python -m classwise.bench --json outputs/bench.json
 
 gpu-check: install ## the GPU path in under 5 minutes on one GPU: search vs model speed, bf16, 1,000 classes, callback device (CPU: small sizes)
 	$(BIN)/python -m classwise.gpu_check $(ARGS)
+
+docs: install ## build the documentation site into site/ (strict: a broken link or reference fails)
+	$(BIN)/mkdocs build --strict --quiet
+
+results-pages: install ## regenerate docs/results/ from run folders (RUN=, CLAIMS=, DETECTION=, BENCH= override the defaults)
+	$(BIN)/python experiments/results_pages.py $(if $(RUN),--run $(RUN)) $(if $(CLAIMS),--claims $(CLAIMS)) \
+		$(if $(DETECTION),--detection $(DETECTION)) $(if $(BENCH),--bench $(BENCH))
 
 lint: install ## ruff
 	$(BIN)/ruff check src tests
 
 clean: ## remove caches and run outputs (keeps .venv and data)
-	rm -rf .pytest_cache .ruff_cache outputs/*/ src/*.egg-info
+	rm -rf .pytest_cache .ruff_cache outputs/*/ outputs/*.json src/*.egg-info site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install data run test test-slow sweep report claims claims-report detect-population detect-bench bench gpu-check lint clean
+.PHONY: help install data run test test-slow sweep report claims claims-report detect-population detect-bench bench gpu-check docs results-pages lint clean

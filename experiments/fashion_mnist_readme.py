@@ -1,4 +1,4 @@
-"""Print the README's Fashion-MNIST tables from the run folders of experiments/fashion_mnist_tables.sh."""
+"""Print the single-seed Fashion-MNIST tables from the run folders of experiments/fashion_mnist_tables.sh."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's Fashion-MNIST tables on CPU (2 cores, about an hour): natural vs adversarial, the
+# Single-seed Fashion-MNIST tables on CPU (2 cores, about an hour): natural vs adversarial, the
 # baselines, the four backdoor triggers with every detector, and transfer small_cnn <-> resnet18.
 # A run whose results.json is complete is skipped, so an interrupted script resumes.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""The README's compact tables of the paper-claims sweep, from its report's seed tables.
+"""The compact tables of the paper-claims sweep (on docs/results/paper-claims.md), from its report's seed tables.
 
     python experiments/paper_claims_readme.py outputs/sweeps/paper_claims/report
 

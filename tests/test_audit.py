@@ -413,14 +413,15 @@ def test_cli_torchscript_needs_model_torchscript(their_pkg, refused, tmp_path):
     assert proc.returncode == 2 and "model=torchscript" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# ---- the README's notebook example ----------------------------------------------------------------
+# ---- the notebook examples of the README and the manual ---------------------------------------------
 
-def test_readme_notebook_example_runs(tmp_path, monkeypatch):
-    """The README's "Audit your own model" Python example, run as written."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Audit your own model"):]
+@pytest.mark.parametrize("page, heading", [("README.md", "## Audit your own model"), ("docs/audit.md", "## From a notebook")])
+def test_notebook_example_runs(tmp_path, monkeypatch, page, heading):
+    """The Python example of a page's audit section, run as written."""
+    text = (REPO / page).read_text()
+    section = text[text.index(heading):]
     (code,) = re.findall(r"```python\n(.*?)```", section[: section.index("\n## ", 5)], re.S)[:1]
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, page, "exec"), namespace)  # noqa: S102 - our own docs
     assert isinstance(namespace["result"], Audit)

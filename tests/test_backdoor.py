@@ -207,7 +207,7 @@ def test_detection_settings_are_checked_before_compute():
 # would leave fewer than 3 scored classes; the gate is set to 0 here (empty masks still never score)
 # and has its own tests in test_patterns.py / test_search_contract.py. The model stays at width 32:
 # at the default width 24 this 20-step synthetic search missed the trigger (target ASR 0.14); on the
-# real Fashion-MNIST runs at width 24 the search found BadNets and Trojan on every seed (README).
+# real Fashion-MNIST runs at width 24 the search found BadNets and Trojan on every seed (docs/results/paper-claims.md).
 TRAIN = ("debug=fast", "dataset.num_classes=8", "dataset.num_train=3000", "trainer.max_epochs=3",
          "trainer.limit_train_batches=1.0", "detector=[default,neural_cleanse_fast]",
          "detector.neural_cleanse.epochs=12", "detector.patterns.asr_gate=0", "model.width=32", "threat_model=training_data")

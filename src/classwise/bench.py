@@ -18,8 +18,11 @@ shift both sides alike):
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from classwise.models import build_model
 from classwise.patterns.evaluate import attack_successes
 from classwise.patterns.search import SearchConfig, search_patterns, top_pixels
+from classwise.reporting.results import environment
 
 
 def _timed(fn) -> float:
@@ -137,12 +141,9 @@ def bench_model(name: str, channels: int, size: int, classes: int, steps: int, p
 
 def bench_ranks(steps: int) -> list[dict]:
     """Wall time of `classwise-search` on 1 and 2 CPU processes (gloo) for a 10-class checkpoint."""
-    import json
     import os
     import subprocess
-    import sys
     import tempfile
-    from pathlib import Path
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,17 +174,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
     parser.add_argument("--ranks", action="store_true", help="also time classwise-search on 1 and 2 CPU processes")
+    parser.add_argument("--json", metavar="PATH", help="also write the tables, command and machine to PATH "
+                        "(what experiments/results_pages.py turns into the speed page)")
     args = parser.parse_args(argv)
     q = 4 if args.quick else 1
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
-    print_table([
-        bench_model("small_cnn", 1, 28, 10, 100 // q, 2000, 1000 // q),
-        bench_model("resnet18", 3, 32, 10, 12 // q, 400, 100 // q),
-    ])
+    report: dict = {"command": " ".join(["python -m classwise.bench", *(argv if argv is not None else sys.argv[1:])]),
+                    "environment": environment(), "models": [
+                        bench_model("small_cnn", 1, 28, 10, 100 // q, 2000, 1000 // q),
+                        bench_model("resnet18", 3, 32, 10, 12 // q, 400, 100 // q)]}
+    print_table(report["models"])
     if args.ranks:
         print()
         print("classwise-search, synthetic 10 classes, small_cnn 16x16, CPU processes (gloo):")
-        print_table(bench_ranks(400 // q))
+        report["ranks"] = bench_ranks(400 // q)
+        print_table(report["ranks"])
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

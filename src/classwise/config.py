@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from classwise.errors import ConfigError, RunFailed
+from classwise.errors import ConfigError, RunFailed, import_extra
 from classwise.launch import register_resolvers
 from classwise.reporting.runs import FAILED
 
@@ -91,6 +91,13 @@ def refuse(message: object) -> NoReturn:
     sys.exit(2)
 
 
+# Hydra's launchers are plugins of an extra: without it Hydra would list the launchers it has, not
+# say what to install.
+_SUBMITIT = ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")
+LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+                    "submitit_slurm": _SUBMITIT, "submitit_local": _SUBMITIT}
+
+
 def check_group_choices(argv: list[str]) -> None:
     """Refuse `group=option` on the command line when conf/<group> has no such option (one line, exit 2).
 
@@ -98,6 +105,14 @@ def check_group_choices(argv: list[str]) -> None:
     exiting 1. Skipped where the user adds config folders of their own (--config-dir, -cd,
     hydra.searchpath), whose options this cannot see; sweeps (`a,b`) have each option checked.
     """
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in LAUNCHER_PLUGINS:
+            module, package = LAUNCHER_PLUGINS[value]
+            try:
+                import_extra(module, f"hydra/launcher={value}", package, "launchers")
+            except ConfigError as exc:
+                refuse(exc)
     if any(a.startswith(("--config-dir", "-cd", "hydra.searchpath")) for a in argv):
         return
     root = Path(conf_dir())

@@ -45,7 +45,7 @@ class ClassifierModule(L.LightningModule):
         return self.model(x)
 
     # `channels_last`: NHWC weights and batches while training only (1.7x the images/s of small_cnn's
-    # training step on 2 CPU cores, README); the model is put back in the default layout when training
+    # training step on a 2-core CPU, docs/speed.md); the model is put back in the default layout when training
     # ends, so what follows (the search, checkpoints reloaded by classwise-search) sees the usual one.
     def setup(self, stage: str) -> None:  # before a strategy wraps the model (DDP buckets follow the layout)
         if self.channels_last and stage == "fit":

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from classwise.errors import ConfigError
+from classwise.errors import ConfigError, import_extra
 from classwise.models.convention import InputAdapter, InputConvention
 from classwise.models.loading import Checkpoint, fits, load_weights
 
@@ -67,8 +67,7 @@ def _custom(model_cfg: dict[str, Any]) -> nn.Module:
 
 
 def _timm(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], declared: InputConvention) -> nn.Module:
-    import timm
-
+    timm = import_extra("timm", "model=timm", "timm", "timm")
     arch = model_cfg.get("arch")
     if not arch or not timm.is_model(arch):
         close = timm.list_models(f"*{arch or ''}*")[:8] or timm.list_models()[:8]
@@ -85,9 +84,7 @@ def _timm(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], declared: Inpu
 
 def _timm_pretrained_convention(net: nn.Module, declared: InputConvention) -> InputConvention:
     """timm's downloaded weights declare their own normalisation (pretrained_cfg): use it, and say so."""
-    from timm.data import resolve_model_data_config
-
-    data_cfg = resolve_model_data_config(net)
+    data_cfg = import_extra("timm.data", "model=timm", "timm", "timm").resolve_model_data_config(net)
     conv = InputConvention(1.0, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), declared.channels, declared.size)
     print(f"model=timm pretrained: input normalised as its weights declare (mean {list(conv.mean)}, std {list(conv.std)})")
     return conv

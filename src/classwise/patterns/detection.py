@@ -10,7 +10,7 @@ from typing import Any
 MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of a normal distribution
 THRESHOLD = 2.0
 # A pattern enters our statistic only if it works: held-out ASR at the gate ratio >= ASR_GATE (see
-# `pattern_detection`; the README's backdoor section argues the value on held-out runs).
+# `pattern_detection`; docs/detection.md says why 0.5 at the largest ratio).
 ASR_GATE = 0.5
 MIN_SCORED = 3  # a median and a MAD of fewer values measure nothing
 EMPTY_MASK_L1 = 1e-6
@@ -103,7 +103,7 @@ def pattern_detection(
     judged against the rest); an empty mask enters nothing. Two statistics, both recorded under
     `statistics`: `log_mask_l1` (primary; its fields are also the block's top level) and `mask_l1`
     (raw). Why the log is primary: the clean masks spread multiplicatively, and on the raw L1 the few
-    large masks inflate the MAD.
+    large masks inflate the MAD (docs/detection.md).
     """
     classes = list(class_indices) if class_indices is not None else list(range(len(mask_l1)))
     if len(asr) != len(mask_l1):

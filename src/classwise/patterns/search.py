@@ -314,7 +314,7 @@ def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: Sea
 
     A ResNet-18 step on 40 CIFAR images is a few hundred small kernels: launch-bound on a large GPU,
     which one graph replay per step avoids. Each step copies its batch into the graph's static input.
-    Unmeasured: no GPU was available when this was written (README).
+    Unmeasured on a GPU so far: `make gpu-check` is where to time it.
     """
     static_x = batch(0).clone()
     init, score_init = mask.detach().clone(), score.clone()

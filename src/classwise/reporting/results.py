@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,31 @@ def update_results(run_dir: str | Path, **sections: Any) -> Path:
     data = read_results(run_dir)
     data["schema_version"] = SCHEMA_VERSION
     data.update(sections)
+    data["environment"] = environment()  # the last write's, so a results page can say when and where
     path = run_dir / RESULTS_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
     os.replace(tmp, path)
     return path
+
+
+def environment() -> dict[str, Any]:
+    """When and on what a result was written: date, Python, platform, CPU count, torch and its GPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("classwise")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        own = None
+    env: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "classwise": own,
+                           "python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
+                           "cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")  # a run has imported it; the report CLI stays free of it
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["threads"] = torch.get_num_threads()
+        env["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return env
 
 
 def _jsonable(value: Any) -> Any:
