@@ -68,6 +68,26 @@ def run_cli_in_process(module: str, *overrides: str, root: Path, run_dir: Path |
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
+def on_two_ranks(target, *args, timeout: float = 240) -> list[int | None]:
+    """`target(rank, *args)` in two fresh (spawned) processes, one per rank; their exit codes.
+
+    A process still running after `timeout` seconds (a deadlock) is killed: its code is then negative.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(rank, *args)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return [p.exitcode for p in procs]
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

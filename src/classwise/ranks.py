@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +55,19 @@ class Ranks:
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
+
+    def decide(self, stage: str, decide: Callable[[], Any]) -> Any:
+        """`decide()` run on rank 0 alone, its value on every rank; when it raises, every rank raises.
+
+        For what each rank could read from its own filesystem (a finished folder, a checkpoint): without
+        shared storage, or with a lagging one, ranks that look for themselves can take different branches
+        and wait on each other for ever.
+        """
+        value = None
+        with self.together(stage):
+            if self.rank == 0:
+                value = decide()
+        return self.from_rank0(value)
 
     def together(self, stage: str) -> _Together:
         """`with ranks.together(stage):` every rank leaves the block together; when one raised, all raise."""

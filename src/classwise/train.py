@@ -28,6 +28,7 @@ from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
 from classwise.progress import quiet_libraries
+from classwise.ranks import Ranks
 from classwise.reporting.results import first_difference, read_results, update_results
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,33 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(last) if last.is_file() else None
 
 
+def resume_from(cfg: DictConfig, output_dir: Path, meta: dict[str, Any]) -> str | None:
+    """The checkpoint this run resumes from, checked readable and of this model and dataset; None: from scratch."""
+    ckpt = resume_checkpoint(cfg, output_dir)
+    stored = resume_meta(ckpt, explicit=bool(cfg.get("resume"))) if ckpt is not None else None
+    if stored is None:
+        return None
+    check_resume_matches(ckpt, stored, meta)
+    return ckpt
+
+
+def ranks_before_fit(trainer: L.Trainer) -> Ranks:
+    """The ranks that must share rank 0's skip and resume decisions before `fit`.
+
+    Where the launcher started every process (torchrun, SLURM, MPI, LSF), each runs this script from
+    the top: the process group is set up now, as `fit` would (it then finds it ready), so they can
+    agree. Lightning's own `ddp` starts a node's other processes from rank 0's inside `fit`, after
+    rank 0 decided, and `ddp_spawn`'s run only `fit`: there rank 0 decides alone.
+    """
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.world_size < 2 or env is None or not env.creates_processes_externally or isinstance(env, LightningEnvironment):
+        return Ranks(1)
+    trainer.strategy.setup_environment()
+    return Ranks.of(trainer.strategy, trainer.world_size)
+
+
 def check_resume_matches(path: str, stored: dict[str, Any], meta: dict[str, Any]) -> None:
     """Refuse to resume from a checkpoint of another model or dataset (one line, before training)."""
     for group, keys in (("model", ("name",)), ("dataset", ("name", "channels", "num_classes", "image_size"))):
@@ -81,8 +109,10 @@ def check_resume_matches(path: str, stored: dict[str, Any], meta: dict[str, Any]
 
 
 def evaluate_extras(trainer: L.Trainer, module: L.LightningModule, extras, dm) -> dict[str, Any]:
-    """Backdoor ASR / PGD-20 after `trainer.test`, on the device the model trained on.
+    """Backdoor ASR / PGD-20 after `trainer.test`, on rank 0 and the device the model trained on.
 
+    Every rank holds the same model and test set, so any other rank would only repeat rank 0's
+    numbers; after `trainer.test` no collective remains, so the other ranks need not wait for them.
     `trainer.test` ends with Lightning's teardown, which left the module on the CPU.
     """
     module.to(trainer.strategy.root_device)
@@ -98,13 +128,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     check_launch(plain(cfg.trainer))
     output_dir = Path(cfg.paths.output_dir)
-    done = None if cfg.get("resume") else already_done(output_dir, cfg)
-    if done is not None:
-        print(f"skipped: {output_dir / 'results.json'} exists (delete it to run again)")
-        return done
     set_reproducible(bool(cfg.get("reproducible")))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     atexit.register(destroy_process_group)
+
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
+    logger = build_logger(cfg, "train")
+    extra = {"deterministic": "warn"} if cfg.get("reproducible") else {}
+    strategy = strategy_with_timeout(cfg.trainer.get("strategy", "auto"), cfg.get("collective_timeout_min"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, strategy=strategy,
+                                     plugins=[AtomicCheckpointIO()], **extra)
+    ranks = ranks_before_fit(trainer)
+    done = None if cfg.get("resume") else ranks.decide("the rerun check", lambda: already_done(output_dir, cfg))
+    if done is not None:
+        print(f"skipped: {output_dir / 'results.json'} exists (delete it to run again)")
+        return done
 
     setting = cfg.setting
     poisoner = instantiate(setting.poisoner) if setting.get("poisoner") else None
@@ -112,13 +150,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dataset_cfg, model_cfg = plain(cfg.dataset), plain(cfg.model)
     dm = build_datamodule(dataset_cfg, plain(cfg.data), cfg.seed, poisoner)
     model = build_classifier(model_cfg, dataset_cfg)
-    ckpt = resume_checkpoint(cfg, output_dir)
     meta = {"model": model_cfg, "dataset": dataset_cfg, "setting": plain(setting), "seed": int(cfg.seed)}
-    stored = resume_meta(ckpt, explicit=bool(cfg.get("resume"))) if ckpt is not None else None
-    if stored is None:
-        ckpt = None
-    else:
-        check_resume_matches(ckpt, stored, meta)
+    ckpt = ranks.decide("the resume check", lambda: resume_from(cfg, output_dir, meta))
+    with ranks.together("the resume check"):
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise ConfigError(f"{ckpt}, rank 0's checkpoint to resume from, is not on this node; accepted: a run "
+                              "folder every node can read (shared storage), or resume from scratch")
     module = ClassifierModule(
         model,
         optimizer=instantiate(cfg.module.optimizer),
@@ -128,14 +165,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         meta=meta,
         channels_last=bool(cfg.module.get("channels_last", False)),
     )
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
-    logger = build_logger(cfg, "train")
     if logger:
         logger.log_hyperparams(plain(cfg))
-    extra = {"deterministic": "warn"} if cfg.get("reproducible") else {}
-    strategy = strategy_with_timeout(cfg.trainer.get("strategy", "auto"), cfg.get("collective_timeout_min"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, strategy=strategy,
-                                     plugins=[AtomicCheckpointIO()], **extra)
 
     if trainer.local_rank == 0:
         # Finds or stages the data now, once per node: a missing dataset fails before training
@@ -158,10 +189,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         adv = cfg.dataset.adversarial
         robust = AdversarialTraining(eps=adv.eps, step_size=adv.step_size, steps=adv.steps, seed=cfg.seed)
-    metrics.update(evaluate_extras(trainer, module, (poisoner, robust), dm))
-    test_seconds = time.perf_counter() - test_start
     if trainer.global_rank != 0:
         return {}
+    metrics.update(evaluate_extras(trainer, module, (poisoner, robust), dm))
+    test_seconds = time.perf_counter() - test_start
     last = output_dir / "checkpoints" / "last.ckpt"
     run = {
         "dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.name, "seed": int(cfg.seed),

@@ -160,11 +160,12 @@ class ClasswiseDataModule(L.LightningDataModule):
         return idx[self.train_set.targets[idx] == target_class]
 
     # ---- loaders -------------------------------------------------------------------------------
-    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -179,4 +180,15 @@ class ClasswiseDataModule(L.LightningDataModule):
         return self._loader(Subset(self.train_set, self.splits["val"].tolist()), False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.source.test, False, self.eval_batch_size)
+        """The test set, each image on exactly one rank.
+
+        Lightning's DistributedSampler pads the ranks to equal counts, so padding images would count
+        twice in the test accuracy; ranks one batch apart are safe here, as testing runs no collective
+        per batch (the model is not DDP-wrapped outside fit).
+        """
+        sampler, trainer = None, self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(self.source.test, shuffle=False, **trainer.distributed_sampler_kwargs)
+        return self._loader(self.source.test, False, self.eval_batch_size, sampler)
