@@ -69,7 +69,8 @@ def search(cfg: DictConfig) -> dict[str, Any] | None:
     validate(cfg)
     if cfg.get("skip_finished"):
         done = read_results(Path(cfg.paths.output_dir))
-        if done.get("detectors") is not None and (done.get("run") or {}).get("config", {}).get("detector") == plain(cfg.detector):
+        finished = done.get("metrics") is not None and done.get("detectors") is not None  # metrics come last
+        if finished and (done.get("run") or {}).get("config", {}).get("detector") == plain(cfg.detector):
             print(f"skipped: {Path(cfg.paths.output_dir) / 'results.json'} holds this detector config")
             return done
     trainer_cfg = plain(cfg.trainer)

@@ -111,8 +111,8 @@ class UniversalPatchDetector(Detector):
     name = "universal_patch"
     STATISTICS = ("max_gap", "mean_gap", "prob_gap", "max_logit")
 
-    def __init__(self, ratios: Sequence[float] = (0.01, 0.02, 0.04), steps: int = 40, finetune_steps: int = 0,
-                 batch_size: int = 16, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 300,
+    def __init__(self, ratios: Sequence[float] = (0.01, 0.02, 0.04), steps: int = 80, finetune_steps: int = 0,
+                 batch_size: int = 32, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 300,
                  statistic: str = "max_gap", threshold: float = 3.0, calibration: Sequence[float] | None = None):
         ratios = [float(r) for r in ratios]
         if not ratios or not all(0 < r < 1 for r in ratios):

@@ -51,6 +51,8 @@ def collect(bench_dir: Path, population: str, with_variants: bool = False) -> li
     members: dict[int, Member] = {}
     for path in sorted((bench_dir / population).glob("*/member_*/results.json")):
         data = json.loads(path.read_text())
+        if data.get("metrics") is None:  # an interrupted job: its run, and its metrics, were never written
+            continue
         n = int(path.parent.name.split("_", 1)[1])
         ds = (data.get("run") or {}).get("config", {}).get("dataset") or {}
         truth = recipe(population, n, int(ds.get("image_size", 28)), int(ds.get("num_classes", 10)))
@@ -144,9 +146,14 @@ def detector_names(members: list[Member]) -> list[str]:
     return names
 
 
-def score_table(members: list[Member], calibration: dict[str, tuple[float, float]] | None = None) -> list[dict[str, Any]]:
-    """One row per detector and group (pooled, patch, each family): the field's measures, with the members each saw."""
-    calibration = calibration or {}
+def score_table(members: list[Member], calibration: dict[str, tuple[float, float]] | None = None,
+                thresholds: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """One row per detector and group (pooled, patch, each family): the field's measures, with the members each saw.
+
+    `thresholds` (chosen on a dev population) replace a detector's own verdicts by `score > threshold`;
+    `calibration` its probabilities by the dev population's logistic fit.
+    """
+    calibration, thresholds = calibration or {}, thresholds or {}
     clean = [m for m in members if not m.backdoored]
     installed = [m for m in members if m.installed]
     families = sorted({m.family for m in installed})
@@ -161,11 +168,12 @@ def score_table(members: list[Member], calibration: dict[str, tuple[float, float
                 continue
             pos, neg = [_score(m.detectors[name]) for m in bd], [_score(m.detectors[name]) for m in ran_clean]
             lo, hi = auc_interval(pos, neg)
-            called = [m for m in bd if m.detectors[name].get("verdict") == "backdoored"]
-            named = [m for m in called if m.detectors[name].get("predicted_target") == m.target]
-            fp = [m for m in ran_clean if m.detectors[name].get("verdict") == "backdoored"]
+            called = [m for m in bd if _calls(m.detectors[name], thresholds.get(name))]
+            named = [m for m in called if _target_of(m.detectors[name]) == m.target]
+            fp = [m for m in ran_clean if _calls(m.detectors[name], thresholds.get(name))]
             abstained = sum(m.detectors[name].get("verdict") == "abstained" for m in bd + ran_clean)
             row = {"detector": name, "group": group, "clean": len(neg), "backdoored": len(pos),
+                   "threshold": thresholds.get(name, m_threshold(bd + ran_clean, name)),
                    "roc_auc": roc_auc(pos, neg), "auc_low": lo, "auc_high": hi, "tpr_at_5fpr": tpr_at_fpr(pos, neg),
                    "tpr": len(called) / len(bd), "fpr": len(fp) / len(ran_clean),
                    "target_named": len(named) / len(called) if called else math.nan, "abstained": abstained,
@@ -175,6 +183,26 @@ def score_table(members: list[Member], calibration: dict[str, tuple[float, float
                 row["cross_entropy"] = cross_entropy(probs, [1] * len(bd) + [0] * len(ran_clean))
             rows.append(row)
     return rows
+
+
+def _calls(block: dict[str, Any], threshold: float | None) -> bool:
+    """Backdoored at `threshold` (score above it), or by the block's own verdict when there is none."""
+    return _score(block) > threshold if threshold is not None else block.get("verdict") == "backdoored"
+
+
+def _target_of(block: dict[str, Any]) -> int | None:
+    """The class a detector names, also where its own verdict was clean (scored at a dev threshold)."""
+    if block.get("predicted_target") is not None:
+        return block["predicted_target"]
+    if block.get("detector") == "universal_patch" and block.get("asr") and block.get("gap"):
+        at = max(range(len(block["gap"])), key=lambda r: block["gap"][r])
+        return block["classes"][max(range(len(block["classes"])), key=lambda c: block["asr"][c][at])]
+    return None
+
+
+def m_threshold(members: list[Member], name: str) -> float | None:
+    values = {m.detectors[name].get("threshold") for m in members}
+    return values.pop() if len(values) == 1 else None
 
 
 def _seconds(block: dict[str, Any]) -> float:
@@ -203,7 +231,9 @@ def calibrate(members: list[Member]) -> dict[str, dict[str, Any]]:
             continue
         a, b = fit_logistic([s for s, _ in scored], [y for _, y in scored])
         clean = [s for s, y in scored if not y]
-        out[name] = {"calibration": [round(a, 4), round(b, 4)], "max_clean_score": max(clean) if clean else None}
+        # The lowest threshold that calls none of the dev population's clean models backdoored.
+        out[name] = {"calibration": [round(a, 4), round(b, 4)],
+                     "threshold": max(clean) if clean else None}
     return out
 
 
@@ -211,7 +241,8 @@ def write_report(members: list[Member], out_dir: Path, calibration: dict[str, di
                  command: str = "") -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     ab = {k: tuple(v["calibration"]) for k, v in (calibration or {}).items()}
-    rows = score_table(members, ab)
+    cuts = {k: v["threshold"] for k, v in (calibration or {}).items() if v.get("threshold") is not None}
+    rows = score_table(members, ab, cuts)
     not_installed = [m for m in members if m.backdoored and not m.installed]
     summary = {"population": members[0].population if members else None, "command": command,
                "members": len(members), "clean": sum(not m.backdoored for m in members),
@@ -244,11 +275,15 @@ def markdown(summary: dict[str, Any]) -> str:
              f"with the trigger installed (backdoor ASR >= {INSTALLED}); threat model: clean data.", ""]
     if summary["command"]:
         lines += [f"Command: `{summary['command']}`", ""]
-    lines += ["| detector | group | clean | backdoored | ROC-AUC [95% CI] | TPR @ 5% FPR | TPR / FPR at its threshold | "
-              "target named | cross-entropy | s / model |", "|---|---|---|---|---|---|---|---|---|---|"]
+    if summary.get("calibration_from_dev"):
+        lines += ["Thresholds and calibrations fitted on the dev population (threshold: the highest score of a dev "
+                  "clean model), applied here unchanged.", ""]
+    lines += ["| detector | group | clean | backdoored | ROC-AUC [95% CI] | TPR @ 5% FPR | threshold | TPR / FPR there | "
+              "target named | cross-entropy | s / model |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         lines.append(f"| {r['detector']} | {r['group']} | {r['clean']} | {r['backdoored']} | {_fmt(r['roc_auc'])} "
                      f"[{_fmt(r['auc_low'])}, {_fmt(r['auc_high'])}] | {_fmt(r['tpr_at_5fpr'], 2)} | "
+                     f"{_fmt(r['threshold'], 2)} | "
                      f"{_fmt(r['tpr'], 2)} / {_fmt(r['fpr'], 2)} | {_fmt(r['target_named'], 2)} | "
                      f"{_fmt(r.get('cross_entropy'))} | {_fmt(r['seconds_per_model'], 1)} |")
     if summary["not_installed"]:
