@@ -189,6 +189,27 @@ def json_page(source: Path, out: Path, name: str, title: str, default_command: s
     return write(out / f"{name}.md", lines)
 
 
+def detection_page(report: Path, out: Path) -> Path:
+    """The detector benchmark's test-population report (and the dev one it was tuned on), with its ROC plot."""
+    import shutil
+
+    test = json.loads((report / "test" / "detection_bench.json").read_text())
+    lines = header("Detection benchmark", test.get("command") or "make detect-bench", test.get("date")
+                   or file_date(report / "test" / "detection_bench.json"), test.get("environment"),
+                   shown(report / "test" / "detection_bench.json"))
+    lines += ["The detectors judged over a population of clean and backdoored models, threat model `clean_data` (see "
+              "[Backdoor detection](../detection.md)). Chosen on `dev`, reported on `test`.", "", "## Test population", "",
+              (report / "test" / "detection_bench.md").read_text()]
+    if (report / "test" / "roc.png").exists():
+        (out / "images").mkdir(exist_ok=True)
+        shutil.copyfile(report / "test" / "roc.png", out / "images" / "detection_roc.png")
+        lines += ["![ROC curves of the test population](images/detection_roc.png)", ""]
+    if (report / "dev" / "detection_bench.md").exists():
+        lines += ["## Dev population (where statistics, thresholds and calibrations were chosen)", "",
+                  (report / "dev" / "detection_bench.md").read_text()]
+    return write(out / "detection-benchmark.md", lines)
+
+
 def placeholder(out: Path, name: str, title: str, how: str) -> Path | None:
     """A page never generated yet says how to make it; a page generated before is kept as it is."""
     page = out / f"{name}.md"
@@ -212,7 +233,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a run folder (default: the newest outputs/train/runs/*)")
     parser.add_argument("--claims", type=Path, default=REPO / "outputs/sweeps/paper_claims/report")
-    parser.add_argument("--detection", type=Path, default=REPO / "outputs/detection_benchmark/summary.json")
+    parser.add_argument("--detection", type=Path, default=REPO / "outputs/detect_bench/report",
+                        help="the detector benchmark's report folder (make detect-bench)")
     parser.add_argument("--bench", type=Path, default=REPO / "outputs/bench.json")
     parser.add_argument("--out", type=Path, default=REPO / "docs/results")
     args = parser.parse_args(argv)
@@ -223,11 +245,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         else placeholder(args.out, "make-run", "What `make run` gives", "Run `make run`"),
         claims_page(args.claims, args.out) if (args.claims / "claims.md").exists()
         else placeholder(args.out, "paper-claims", "The paper's claims over seeds", "Run `make claims && make claims-report`"),
-        json_page(args.detection, args.out, "detection-benchmark", "Detection benchmark", "(not recorded)",
-                  "The detectors judged over a population of clean and backdoored models (see "
-                  "[Backdoor detection](../detection.md)).") if args.detection.exists()
-        else placeholder(args.out, "detection-benchmark", "Detection benchmark",
-                         "Save the detection benchmark's summary as `outputs/detection_benchmark/summary.json`"),
+        detection_page(args.detection, args.out) if (args.detection / "test" / "detection_bench.json").exists()
+        else placeholder(args.out, "detection-benchmark", "Detection benchmark", "Run `make detect-population detect-bench`"),
         json_page(args.bench, args.out, "bench", "`make bench`", "python -m classwise.bench",
                   "Ratios are what to compare across machines; images/s are this machine's (see "
                   "[Speed and GPUs](../speed.md)).") if args.bench.exists()

@@ -60,10 +60,8 @@ class Audit:
     @property
     def flagged(self) -> list[str]:
         """Names of the classes the run's detector names as a backdoor's target (empty: none)."""
-        names = {c["class_index"]: c["class_name"] for c in self.classes}
         det = self.detection or {}
-        target = det.get("predicted_target")
-        return [names[target]] if det.get("verdict") == "backdoored" and target in names else []
+        return [det["predicted_name"]] if det.get("verdict") == "backdoored" and det.get("predicted_name") else []
 
     @property
     def verdict(self) -> str:
@@ -72,9 +70,8 @@ class Audit:
         det = self.detection
         if not det:
             return "abstained: no detector ran (detector=none)"
-        names = {c["class_index"]: c["class_name"] for c in self.classes}
         target = det.get("predicted_target")
-        named = f" class {target} ({names[target]})," if target in names else ""
+        named = f" class {target} ({det.get('predicted_name')})," if target is not None else ""
         return f"{det['verdict']}:{named} {det['reason']} [{det['detector']}, threat model {det['threat_model']}]"
 
     def asr(self, ratio: float | None = None) -> dict[str, float]:

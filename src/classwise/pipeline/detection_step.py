@@ -18,6 +18,9 @@ def build_detectors(detector_cfg: dict[str, Any] | None) -> list[Detector]:
 
     out = []
     for key, block in (detector_cfg or {}).items():
+        if isinstance(block, Detector):  # built already (Hydra instantiates a callback's nested blocks)
+            out.append(block)
+            continue
         if not isinstance(block, dict) or "_target_" not in block:
             raise ConfigError(f"detector.{key} has no _target_; accepted: detector blocks as in conf/detector "
                               "(universal_patch, patterns, neural_cleanse)")
@@ -65,6 +68,8 @@ def run_detection(detectors: list[Detector], measured: dict[str, Any], model, dm
         with timer(f"detector.{det.name}"):
             block = det.decide(measured.get(det.name), records, data)
         block.setdefault("seconds", None)
+        target = block.get("predicted_target")
+        block["predicted_name"] = dm.classes[target] if target is not None else None
         blocks[det.name] = block
     ratios = [b["pattern_ratio"] for b in records[0]["by_ratio"]] if records else []
     classes = [r["class_index"] for r in records]

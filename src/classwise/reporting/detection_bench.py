@@ -244,7 +244,10 @@ def write_report(members: list[Member], out_dir: Path, calibration: dict[str, di
     cuts = {k: v["threshold"] for k, v in (calibration or {}).items() if v.get("threshold") is not None}
     rows = score_table(members, ab, cuts)
     not_installed = [m for m in members if m.backdoored and not m.installed]
+    from datetime import datetime, timezone
+
     summary = {"population": members[0].population if members else None, "command": command,
+               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "environment": environment(),
                "members": len(members), "clean": sum(not m.backdoored for m in members),
                "backdoored_installed": sum(m.installed for m in members),
                "not_installed": [{"member": m.member, "family": m.family, "backdoor_asr": m.backdoor_asr} for m in not_installed],
@@ -262,6 +265,14 @@ def write_report(members: list[Member], out_dir: Path, calibration: dict[str, di
     (out_dir / "detection_bench.md").write_text(markdown(summary))
     _roc_figure(members, out_dir / "roc.png")
     return summary
+
+
+def environment() -> dict[str, Any] | None:
+    try:
+        from classwise.reporting.results import environment as env
+    except ImportError:
+        return None
+    return env()
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
