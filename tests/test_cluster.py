@@ -49,7 +49,7 @@ def cluster():
         pytest.skip(reason)
     # Not under pytest's basetemp: munged needs every parent folder world-executable, and another
     # pytest session on the machine prunes old basetemps.
-    folder = Path(tempfile.mkdtemp(prefix="classwise-slurm-"))
+    folder = Path(tempfile.mkdtemp(prefix="classwise-slurm-", dir="/tmp"))
     try:
         try:
             env = slurm.start(folder)

@@ -242,7 +242,7 @@ def run(cmd: list[str]) -> int:
     if unavailable():
         print(f"slurm: {unavailable()}", file=sys.stderr)
         return subprocess.call(cmd)
-    folder = Path(tempfile.mkdtemp(prefix="classwise-slurm-"))  # under /tmp: munged needs open parents
+    folder = Path(tempfile.mkdtemp(prefix="classwise-slurm-", dir="/tmp"))  # munged needs open parents, not $TMPDIR
     # A CI timeout or Ctrl-C ends this process by a signal: stop the daemons then too.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda sig, _frame: sys.exit(128 + sig))
