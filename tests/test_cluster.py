@@ -77,8 +77,8 @@ def slurm_sweep(cluster, tmp_path_factory, request):
     good, bad = root / "sweeps" / "settings", root / "sweeps" / "raising"
     env = {**JOB_ENV, **cluster}
     sweeps = {}
-    # The raising job fails when its Trainer is built (max_epochs=-5).
     # Each good job is one SLURM job of 2 tasks: submitit's srun starts them, Lightning's ddp attaches.
+    # The raising job fails when its Trainer is built (max_epochs=-5).
     for name, overrides in (("good", ("setting=natural,backdoor", *DDP_JOB, f"hydra.sweep.dir={good}")),
                             ("bad", ("trainer.max_epochs=-5", f"hydra.sweep.dir={bad}"))):
         args, full_env = _cli("train", "--multirun", "debug=fast", *LAUNCHER, *overrides, root=root, env=env)
@@ -86,12 +86,11 @@ def slurm_sweep(cluster, tmp_path_factory, request):
                                         stderr=subprocess.PIPE)
     try:
         request.getfixturevalue("local_runs")
-        done = {name: subprocess.CompletedProcess(p.args, 0, *p.communicate(timeout=300)) for name, p in sweeps.items()}
+        outputs = {name: p.communicate(timeout=300) for name, p in sweeps.items()}
     finally:
         for p in sweeps.values():
             p.kill()
-    for name, p in sweeps.items():
-        done[name].returncode = p.returncode
+    done = {name: subprocess.CompletedProcess(p.args, p.returncode, *outputs[name]) for name, p in sweeps.items()}
     assert done["good"].returncode == 0, done["good"].stderr[-5000:]
     report = run_cli("report", str(root / "sweeps"), "--out", str(root / "report"), root=root)
     return root, good, bad, done["bad"], report
@@ -134,6 +133,7 @@ def local_runs(tmp_path_factory):
 
 
 def _assert_same_search(one: Path, many: Path, world_size: int) -> None:
+    """Run `many` searched every class once and found what run `one` found: canvases, ASR, masks."""
     a, b = read_json(one / "results.json"), read_json(many / "results.json")
     assert b["search"]["world_size"] == world_size
     assert [c["class_index"] for c in b["classes"]] == [c["class_index"] for c in a["classes"]] == [0, 1, 2, 3]
