@@ -33,13 +33,17 @@ data: ## make Fashion-MNIST available (Debian's package where apt works, else to
 run: install data ## the embedded default: train small_cnn on Fashion-MNIST (CPU), then search all 10 patterns
 	$(BIN)/classwise-train $(ARGS)
 
-test: install ## the test suite (fast tests; `make test-slow` adds the slow ones)
+test: install ## the test suite (fast tests; `make test-slow` adds the slow ones, `make test-cluster` the cluster ones)
 	$(BIN)/pytest -q -n auto --dist loadfile
 
 test-slow: install ## every test, the slow ones included (installs Debian's chromium for the gallery test where it can)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "chromium is missing: the gallery browser test will skip"
 	$(BIN)/pytest -q -m "" -n auto --dist loadfile
+
+test-cluster: install ## the cluster tests: submitit sweeps, srun and scancel on a local SLURM cluster (Debian's slurm-wlm + munge where apt and root allow), torchrun
+	@$(BIN)/python -m tests.cluster.slurm install || echo "the SLURM tests will skip"
+	$(BIN)/python -m tests.cluster.slurm run -- $(BIN)/pytest -q -p no:xdist -m cluster tests/test_cluster.py
 
 sweep: install data ## the cpu_demo sweep: natural vs BadNets on Fashion-MNIST, ratios 1-10% (outputs/sweeps/cpu_demo)
 	$(BIN)/classwise-train experiment=cpu_demo $(ARGS)
@@ -82,4 +86,4 @@ clean: ## remove caches and run outputs (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache outputs/*/ outputs/*.json src/*.egg-info site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install data run test test-slow sweep report claims claims-report detect-population detect-bench bench gpu-check docs results-pages lint clean
+.PHONY: help install data run test test-slow test-cluster sweep report claims claims-report detect-population detect-bench bench gpu-check docs results-pages lint clean

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,7 +34,9 @@ class PatternSearch(Callback):
             return
         # Lightning calls on_fit_end after its teardown, which moved the module to the CPU
         # (Strategy.teardown: lightning_module.cpu()): search on the device the model trained on.
-        pl_module.to(trainer.strategy.root_device)
+        # The default layout too: a fit resumed from a finished checkpoint skips on_train_end, which
+        # would have undone `module.channels_last`, and a layout changes the search's last bits.
+        pl_module.to(trainer.strategy.root_device, memory_format=torch.contiguous_format)
         world = trainer.world_size
         ranks = Ranks.of(trainer.strategy, world)
         poisoner = getattr(trainer.datamodule, "poisoner", None)
