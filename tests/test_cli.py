@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_results_and_patterns(trained):
     res = read_json(trained / "results.json")
-    assert res["schema_version"] == 2
+    assert res["schema_version"] == 3
     assert res["run"]["dataset"] == "synthetic" and res["run"]["model"] == "small_cnn" and res["run"]["setting"] == "natural"
     assert res["run"]["config"]["seed"] == 0
     assert 0.5 < res["metrics"]["clean_acc"] <= 1.0
@@ -39,7 +39,7 @@ def test_train_writes_results_and_patterns(trained):
                 assert lo <= b[name] <= hi and b[f"{name}_n"] > 0
             lo, hi = b["baselines_ci"]["random"]
             assert lo <= b["baselines"]["random"] <= hi and 0 < b["baselines_n"]["random"] <= res["search"]["eval_size"]
-        assert c["canvas_split"] == "train" and c["canvas_index"] >= 0
+        assert c["canvas_split"] == "search" and c["canvas_index"] >= 0  # threat_model=clean_data: the clean split
     s = res["search"]
     assert s["preset"] == "fast" and s["world_size"] == 1 and s["pool_size"] > 0 and s["eval_size"] > 0
     splits = load_file(str(trained / s["splits_file"]))
@@ -49,8 +49,9 @@ def test_train_writes_results_and_patterns(trained):
     assert (trained / "patterns" / "grid.png").stat().st_size > 5000
     assert (trained / "checkpoints" / "last.ckpt").exists()
     timing = res["timing"]
-    for phase in ("train", "test", "canvas", "search", "evaluation", "detection", "search_step"):
+    for phase in ("train", "test", "canvas", "search", "evaluation", "search_step"):
         assert timing[phase] >= 0, phase
+    assert set(timing["detector"]) == {"universal_patch", "patterns"} and min(timing["detector"].values()) >= 0
     assert set(timing["baselines"]) == {"random"}
     assert timing["search_step"] >= timing["search"] + timing["evaluation"]
 

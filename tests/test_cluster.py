@@ -48,7 +48,7 @@ def cluster():
     if reason:
         pytest.skip(reason)
     # Not under pytest's basetemp: munged needs every parent folder world-executable, and another
-    # pytest session on the machine prunes old basetemps.
+    # pytest run on the machine prunes old basetemps.
     folder = Path(tempfile.mkdtemp(prefix="classwise-slurm-", dir="/tmp"))
     try:
         try:

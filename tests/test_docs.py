@@ -42,11 +42,15 @@ def _run_folder(root: Path, asr: float) -> Path:
                 "by_ratio": [{"pattern_ratio": 0.05, "pixels": 39, "asr": a, "asr_ci": [a - 0.02, a + 0.02], "asr_n": 900,
                               "base_rate": 0.01, "baselines": {"random": 0.02}, "baselines_ci": {"random": [0.0, 0.04]}}]}
                for i, (name, l1, a) in enumerate([("Trouser", 5.0, asr), ("Bag", 60.0, 0.3), ("Coat", 70.0, 0.4)])]
-    results = {"schema_version": 2, "run": {"dataset": "fashion_mnist", "model": "small_cnn", "setting": "natural",
+    verdict = {"detector": "patterns", "verdict": "backdoored", "reason": "class 0: a working pattern with anomaly index 6.5 > 2",
+               "score": 6.5, "probability": None, "predicted_target": 0, "predicted_name": "Trouser",
+               "threat_model": "clean_data", "classes": [0, 1, 2], "anomaly_index": [6.5, 0.4, 0.7], "flagged": [0],
+               "threshold": 2.0}
+    results = {"schema_version": 3, "run": {"dataset": "fashion_mnist", "model": "small_cnn", "setting": "natural",
                                             "seed": 3, "config": {"task_name": "train"}},
                "metrics": {"clean_acc": 0.9}, "search": {"pattern_ratios": [0.05], "figure": "patterns/grid.png"},
                "classes": classes, "timing": {"train": 30.0, "search": 5.0},
-               "detection": {"classes": [0, 1, 2], "anomaly_index": [6.5, 0.4, 0.7], "flagged": [0], "threshold": 2.0},
+               "detection": verdict, "detectors": {"patterns": verdict},
                "environment": {"date": "2030-01-01T00:01:00+00:00", "platform": "Linux x86_64", "cpus": 2,
                                "python": "3.11.7", "torch": "2.14.1", "threads": 2, "gpu": None}}
     (run / "results.json").write_text(json.dumps(results))
@@ -82,7 +86,7 @@ def test_results_pages_are_made_from_run_folders_and_follow_a_new_run(tmp_path):
     make_run = (out / "make-run.md").read_text()
     assert "`classwise-train model.width=32 seed=3`" in make_run  # the command, from Hydra's record
     assert "2030-01-01T00:01:00+00:00" in make_run and "Linux x86_64, 2 CPU cores, no GPU" in make_run
-    assert "Trouser" in make_run and "0.990" in make_run and "backdoor suspected: class 0 (Trouser)" in make_run
+    assert "Trouser" in make_run and "0.990" in make_run and "backdoored: class 0 (Trouser)" in make_run and "threat model clean_data" in make_run
     assert "](make-run-grid.png)" in make_run and (out / "make-run-grid.png").exists()  # beside the page, not in outputs/
     claims = (out / "paper-claims.md").read_text()
     assert "`classwise-train -m experiment=paper_claims && classwise-report paper_claims`" in claims

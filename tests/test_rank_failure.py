@@ -68,7 +68,7 @@ def _worker(rank: int, tmp: str) -> None:
             trainer = SimpleNamespace(sanity_checking=False, world_size=2, global_rank=rank, logger=None,
                                       datamodule=build_datamodule(DATASET, {"batch_size": 32}, seed=0),
                                       strategy=SimpleNamespace(root_device=torch.device("cpu"), _timeout=TIMEOUT))
-            module = SimpleNamespace(model=model, to=lambda device: None)
+            module = SimpleNamespace(model=model, to=lambda device, **_: None)
             PatternSearch({"steps": 2, "baselines": []}, f"{tmp}/run{failing}").on_fit_end(trainer, module)
             outcome = {"error": None}
         except Exception as exc:  # noqa: BLE001 - what each rank raised is the test's subject

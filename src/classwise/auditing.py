@@ -70,6 +70,9 @@ class Audit:
         det = self.detection
         if not det:
             return "abstained: no detector ran (detector=none)"
+        if "verdict" not in det:  # results.json before schema 3: the patterns' MAD block alone
+            flagged = ", ".join(f"class {c}" for c in det.get("flagged") or []) or "no class"
+            return f"no verdict recorded (results.json schema < 3); the anomaly index flagged {flagged}"
         target = det.get("predicted_target")
         named = f" class {target} ({det.get('predicted_name')})," if target is not None else ""
         return f"{det['verdict']}:{named} {det['reason']} [{det['detector']}, threat model {det['threat_model']}]"

@@ -176,7 +176,7 @@ def failed_table(runs: Sequence[Run]) -> Table:
 
 
 TIMING_PHASES = ("train", "test", "canvas", "search", "evaluation")
-TIMING_TAIL = ("detection", "neural_cleanse", "outputs", "search_step")
+TIMING_TAIL = ("detection", "neural_cleanse", "outputs", "search_step")  # schema 2 names detection and NC here
 
 
 def timing_table(runs: Sequence[Run]) -> Table:
@@ -184,13 +184,16 @@ def timing_table(runs: Sequence[Run]) -> Table:
     timed = [(run, run.data["timing"]) for run in runs if isinstance(run.data.get("timing"), dict)]
     names = sorted({b for _, t in timed if isinstance(t.get("baselines"), dict) for b in t["baselines"]},
                    key=lambda n: (n != "random", n))
-    columns = ["run", "dataset", "model", "setting", *TIMING_PHASES, *(f"baseline_{n}" for n in names), *TIMING_TAIL]
+    detectors = list(dict.fromkeys(d for _, t in timed if isinstance(t.get("detector"), dict) for d in t["detector"]))
+    columns = ["run", "dataset", "model", "setting", *TIMING_PHASES, *(f"baseline_{n}" for n in names),
+               *(f"detector_{d}" for d in detectors), *TIMING_TAIL]
     rows = []
     for run, t in timed:
         base = t.get("baselines") if isinstance(t.get("baselines"), dict) else {}
         rows.append({"run": run.run_id, "dataset": run.dataset, "model": run.model, "setting": run.setting,
                      **{k: as_number(t.get(k)) for k in (*TIMING_PHASES, *TIMING_TAIL)},
-                     **{f"baseline_{n}": as_number(base.get(n)) for n in names}})
+                     **{f"baseline_{n}": as_number(base.get(n)) for n in names},
+                     **{f"detector_{d}": as_number((t.get("detector") or {}).get(d)) for d in detectors}})
     return Table("timing", "Seconds per phase (search_step: everything after training; slowest rank per phase)",
                  columns, rows)
 
