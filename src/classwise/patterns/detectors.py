@@ -109,11 +109,12 @@ class UniversalPatchDetector(Detector):
     """
 
     name = "universal_patch"
-    STATISTICS = ("max_gap", "mean_gap", "prob_gap", "max_logit")
+    STATISTICS = ("max_gap", "mean_gap", "prob_gap", "max_logit", "reference_z")
 
     def __init__(self, ratios: Sequence[float] = (0.01, 0.02, 0.04), steps: int = 80, finetune_steps: int = 0,
                  batch_size: int = 32, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 300,
-                 statistic: str = "max_gap", threshold: float = 3.0, calibration: Sequence[float] | None = None):
+                 statistic: str = "max_gap", threshold: float = 3.2, calibration: Sequence[float] | None = None,
+                 reference: str | None = None):
         ratios = [float(r) for r in ratios]
         if not ratios or not all(0 < r < 1 for r in ratios):
             raise ConfigError(f"detector.universal_patch.ratios={ratios}; accepted: shares of the image's pixels in (0, 1)")
@@ -121,6 +122,20 @@ class UniversalPatchDetector(Detector):
             raise ConfigError(f"detector.universal_patch.statistic={statistic!r}; accepted: {', '.join(self.STATISTICS)}")
         if eval_images < 10:
             raise ConfigError(f"detector.universal_patch.eval_images={eval_images}; accepted: 10 or more")
+        if statistic == "reference_z" and not reference:
+            raise ConfigError("detector.universal_patch.statistic=reference_z needs detector.universal_patch.reference; "
+                              "accepted: the JSON of clean reference models that `make detect-bench` writes "
+                              "(outputs/detect_bench/report/dev/reference.json)")
+        self.reference = None
+        if reference:
+            import json
+            from pathlib import Path
+
+            if not Path(reference).is_file():
+                raise ConfigError(f"detector.universal_patch.reference={reference} does not exist; accepted: a reference "
+                                  "JSON written by the detection benchmark")
+            self.reference = json.loads(Path(reference).read_text())
+            ratios = [float(r) for r in self.reference["ratios"]]
         from classwise.patterns.baselines import PatchConfig
 
         self.patch = PatchConfig(steps=steps, finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, alpha=alpha)
@@ -162,26 +177,47 @@ class UniversalPatchDetector(Detector):
         stats, best, gaps = patch_statistics(hits, n)
         at = max(range(len(gaps)), key=lambda r: gaps[r])
         target = classes[int(best[at])]
+        if self.reference is not None and len(self.reference["mean"]) == len(classes):
+            stats["reference_z"], k = reference_z(patch_logits(hits, n), self.reference)
+            if self.statistic == "reference_z":
+                target = classes[k]
+                at = max(range(len(self.ratios)), key=lambda r: asr[k][r])
         score = stats[self.statistic]
         evidence.update(statistics=stats, gap=gaps)
         prob = logistic(score, self.calibration)
         k = pattern_pixels_of(self.ratios[at], data)
         if score > self.threshold:
             return verdict_block(self.name, data, "backdoored",
-                                 f"class {target}: {k} free pixels reach ASR {asr[best[at]][at]:.2f} on clean images; "
+                                 f"class {target}: {k} free pixels reach ASR {asr[classes.index(target)][at]:.2f} on clean images; "
                                  f"{self.statistic} {score:.2f} > {self.threshold:g}", score, target, prob,
                                  evidence={**evidence, "flagged": [target]})
         return verdict_block(self.name, data, "clean",
-                             f"no class stands out: best class {target} at ASR {asr[best[at]][at]:.2f} with {k} free "
+                             f"no class stands out: best class {target} at ASR {asr[classes.index(target)][at]:.2f} with {k} free "
                              f"pixels, {self.statistic} {score:.2f} <= {self.threshold:g}", score, None, prob,
                              evidence={**evidence, "flagged": []})
+
+
+def patch_logits(hits: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """[K, R] logits of the rates, clamped to [FLOOR, 1 - FLOOR] (smoothed, so 0 and 1 stay finite)."""
+    rate = ((hits + 0.5) / (n + 1.0)).clamp(FLOOR, 1 - FLOOR)
+    return (rate / (1 - rate)).log()
+
+
+def reference_z(logit: torch.Tensor, reference: dict[str, Any]) -> tuple[float, int]:
+    """(score, class): the largest z of a class's logit against the same class and ratio on clean reference
+    models, (logit - mean) / sd, sd floored at `reference["min_sd"]`: a naturally easy class is easy there too."""
+    mean = torch.tensor(reference["mean"], dtype=logit.dtype)
+    sd = torch.tensor(reference["sd"], dtype=logit.dtype).clamp(min=float(reference.get("min_sd", 0.25)))
+    z = (logit - mean) / sd  # [K, R]
+    flat = int(z.argmax())
+    return float(z.flatten()[flat]), flat // z.shape[1]
 
 
 def patch_statistics(hits: torch.Tensor, n: torch.Tensor) -> tuple[dict[str, float], list[int], list[float]]:
     """The universal patch detector's statistics from hits and counts [K classes, R ratios]: (statistics,
     the best class per ratio, the logit gap per ratio). See `UniversalPatchDetector`."""
     rate = ((hits + 0.5) / (n + 1.0)).clamp(FLOOR, 1 - FLOOR)  # off 0 and 1
-    logit = (rate / (1 - rate)).log()
+    logit = patch_logits(hits, n)
     best = rate.argmax(0).tolist()  # [R]
     gaps, prob_gaps = [], []
     for r, b in enumerate(best):

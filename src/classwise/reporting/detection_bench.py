@@ -17,6 +17,7 @@ import math
 import random
 import statistics
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,45 @@ def collect(bench_dir: Path, population: str, with_variants: bool = False) -> li
         if with_variants:
             m.detectors.update(patch_variants(m.detectors.get("universal_patch")))
     return [members[k] for k in sorted(members)]
+
+
+def _logits(block: dict[str, Any]):
+    import torch
+
+    from classwise.patterns.detectors import patch_logits
+
+    n = torch.tensor(block["asr_n"], dtype=torch.float64)
+    return patch_logits((torch.tensor(block["asr"], dtype=torch.float64) * n).round(), n)  # [K, R]
+
+
+def reference_of(members: list[Member], min_sd: float = 0.25) -> dict[str, Any] | None:
+    """Per class and ratio, the mean and sd of the universal patch's logit over the clean members: the
+    reference `statistic: reference_z` standardises against (a naturally easy class is easy there too)."""
+    import torch
+
+    blocks = [m.detectors["universal_patch"] for m in members if not m.backdoored and "universal_patch" in m.detectors]
+    if len(blocks) < 3:
+        return None
+    stack = torch.stack([_logits(b) for b in blocks])  # [M, K, R]
+    return {"ratios": blocks[0]["ratios"], "models": len(blocks), "min_sd": min_sd,
+            "mean": stack.mean(0).tolist(), "sd": stack.std(0).tolist()}
+
+
+def add_reference_z(members: list[Member], reference: dict[str, Any] | None, leave_one_out: bool) -> None:
+    """`universal_patch[reference_z]` for every member: against `reference`, or (choosing on dev) against the
+    other clean members of the same population, so no clean model is its own reference."""
+    from classwise.patterns.detectors import reference_z
+
+    for m in members:
+        block = m.detectors.get("universal_patch")
+        if not block or not block.get("asr"):
+            continue
+        ref = reference_of([o for o in members if o is not m]) if leave_one_out else reference
+        if ref is None:
+            continue
+        score, k = reference_z(_logits(block), ref)
+        m.detectors["universal_patch[reference_z]"] = {"score": score, "predicted_target": block["classes"][k],
+                                                       "verdict": None, "seconds": block.get("seconds")}
 
 
 def patch_variants(block: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -222,7 +262,7 @@ def calibrate(members: list[Member]) -> dict[str, dict[str, Any]]:
     """Per detector, from a dev population: the logistic (a, b), and the lowest threshold above every clean score."""
     out = {}
     for name in detector_names(members):
-        if "[" in name:
+        if "[" in name and name != "universal_patch[reference_z]":
             continue
         seen = [m for m in members if name in m.detectors and (m.installed or not m.backdoored)]
         scored = [(m.detectors[name].get("score"), int(m.backdoored)) for m in seen]
@@ -244,10 +284,10 @@ def write_report(members: list[Member], out_dir: Path, calibration: dict[str, di
     cuts = {k: v["threshold"] for k, v in (calibration or {}).items() if v.get("threshold") is not None}
     rows = score_table(members, ab, cuts)
     not_installed = [m for m in members if m.backdoored and not m.installed]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     summary = {"population": members[0].population if members else None, "command": command,
-               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "environment": environment(),
+               "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "environment": environment(),
                "members": len(members), "clean": sum(not m.backdoored for m in members),
                "backdoored_installed": sum(m.installed for m in members),
                "not_installed": [{"member": m.member, "family": m.family, "backdoor_asr": m.backdoor_asr} for m in not_installed],
@@ -346,9 +386,20 @@ def main(argv: list[str] | None = None) -> None:
     if not members:
         raise SystemExit(f"detection_bench: no member results under {args.bench_dir / args.population}; "
                          "run `make detect-bench` first")
-    calibration = calibrate(collect(args.bench_dir, args.calibrate_from)) if args.calibrate_from else None
+    calibration, reference = None, None
+    if args.calibrate_from:
+        dev = collect(args.bench_dir, args.calibrate_from)
+        reference = reference_of(dev)
+        add_reference_z(dev, None, leave_one_out=True)
+        calibration = calibrate(dev)
+    if args.variants or reference is not None:
+        add_reference_z(members, reference, leave_one_out=reference is None)
+    out_dir = args.bench_dir / "report" / args.population
+    if args.population == "dev" and reference_of(members) is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "reference.json").write_text(json.dumps(reference_of(members), indent=1))
     command = "python -m classwise.reporting.detection_bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary = write_report(members, args.bench_dir / "report" / args.population, calibration, command)
+    summary = write_report(members, out_dir, calibration, command)
     print(markdown(summary))
     if calibration:
         print("calibration fitted on", args.calibrate_from, json.dumps(calibration))

@@ -1,0 +1,101 @@
+"""The detector benchmark: populations from their index, WaNet, and the field's measures (ROC-AUC, TPR at FPR)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from classwise.data.triggers import WaNet
+from classwise.errors import ConfigError
+from classwise.population import FAMILIES, member_seed, recipe
+from classwise.reporting import detection_bench as bench
+
+
+def test_a_population_is_made_from_the_index_half_clean_half_random_backdoors():
+    dev = [recipe("dev", i, 28, 10) for i in range(40)]
+    assert dev == [recipe("dev", i, 28, 10) for i in range(40)]  # the index is the whole recipe
+    assert all(not r["backdoored"] for r in dev[::2]) and all(r["backdoored"] for r in dev[1::2])
+    backdoored = dev[1::2]
+    assert {r["family"] for r in backdoored} == set(FAMILIES)
+    assert len({r["target_class"] for r in backdoored}) > 3 and all(0.03 <= r["rate"] <= 0.15 for r in backdoored)
+    for r in backdoored:
+        if r["family"] in ("badnets", "trojan"):
+            row, col = r["trigger"]["position"]
+            assert 0 <= row and 0 <= col and row + r["trigger"]["size"] <= 28 and col + r["trigger"]["size"] <= 28
+    assert recipe("test", 1, 28, 10) != recipe("dev", 1, 28, 10)
+    assert not {member_seed("dev", i) for i in range(100)} & {member_seed("test", i) for i in range(100)}
+    with pytest.raises(ConfigError, match="population.name='train' is unknown; accepted: dev, test"):
+        recipe("train", 0, 28, 10)
+
+
+def test_wanet_warps_the_whole_image_smoothly_and_repeatably():
+    x = torch.rand(3, 1, 28, 28)
+    t = WaNet(28, 1, k=4, strength=1.5, seed=3)
+    a, b = t.apply(x), t.apply(x)
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    assert (a - x).abs().mean() > 0.01  # it moves pixels ...
+    flat = torch.full((1, 1, 28, 28), 0.4)
+    assert torch.allclose(t.apply(flat), flat, atol=1e-6)  # ... but adds none: a flat image stays flat
+    assert not torch.equal(WaNet(28, 1, seed=4).apply(x), WaNet(28, 1, seed=3).apply(x))
+    with pytest.raises(ConfigError, match="trigger.k=1"):
+        WaNet(28, 1, k=1)
+
+
+def test_roc_auc_tpr_and_logistic_by_hand():
+    assert bench.roc_auc([3, 2], [1, 2]) == pytest.approx(3.5 / 4)  # one tie counts a half
+    assert bench.roc_auc([5, 6], [1, 2]) == 1.0 and bench.roc_auc([1], [5]) == 0.0
+    neg = list(range(20))  # 5% of 20 clean models: one may sit above the threshold
+    assert bench.tpr_at_fpr([17.5, 18.5, 30], neg) == pytest.approx(2 / 3)  # the threshold: 18, the 2nd highest
+    lo, hi = bench.auc_interval([3, 4, 5, 1], [0, 2, 1, 0.5])
+    assert 0 <= lo <= bench.roc_auc([3, 4, 5, 1], [0, 2, 1, 0.5]) <= hi <= 1
+    a, b = bench.fit_logistic([0, 1, 2, 3, 4, 5], [0, 0, 1, 0, 1, 1])
+    assert a > 0 and -b / a == pytest.approx(2.5, abs=0.6)
+    assert bench.cross_entropy([0.5, 0.5], [1, 0]) == pytest.approx(math.log(2))
+
+
+def _member(root, population, n, blocks, backdoor_asr=None):
+    folder = root / population / "default" / f"member_{n}"
+    folder.mkdir(parents=True)
+    metrics = {"clean_acc": 0.85, **({"backdoor_asr": backdoor_asr} if backdoor_asr is not None else {})}
+    folder.joinpath("results.json").write_text(json.dumps({
+        "run": {"config": {"dataset": {"image_size": 28, "num_classes": 10}}}, "metrics": metrics,
+        "detection": blocks["universal_patch"], "detectors": blocks}))
+
+
+def _patch_block(easy_class: int, easy: float, others: float = 0.1):
+    asr = [[others] * 3 for _ in range(10)]
+    asr[easy_class] = [easy] * 3
+    return {"detector": "universal_patch", "verdict": "clean", "score": 0.0, "predicted_target": None,
+            "threshold": 3.0, "classes": list(range(10)), "ratios": [0.01, 0.02, 0.04], "asr": asr,
+            "asr_n": [[300] * 3] * 10, "gap": [0.0] * 3, "seconds": 1.0}
+
+
+def test_the_report_scores_a_population_lists_uninstalled_triggers_and_standardises_easy_classes(tmp_path):
+    """Clean models where class 8 is naturally easy, backdoored ones whose target is easier still: the
+    reference z (per class, against the clean models) names the target; an uninstalled trigger is listed."""
+    for n in range(0, 12, 2):  # clean: class 8 at 0.6-0.7
+        b = _patch_block(8, 0.6 + 0.02 * n)
+        b["score"] = bench.patch_variants(b)["universal_patch[max_gap]"]["score"]
+        _member(tmp_path, "dev", n, {"universal_patch": b})
+    for n in range(1, 12, 2):
+        target = recipe("dev", n, 28, 10)["target_class"]
+        b = _patch_block(target, 0.99)
+        b["score"], b["verdict"], b["predicted_target"] = 9.0, "backdoored", target
+        _member(tmp_path, "dev", n, {"universal_patch": b}, backdoor_asr=0.5 if n == 11 else 0.99)
+    members = bench.collect(tmp_path, "dev", with_variants=True)
+    bench.add_reference_z(members, None, leave_one_out=True)
+    rows = {(r["detector"], r["group"]): r for r in bench.score_table(members)}
+    assert rows[("universal_patch", "pooled")]["backdoored"] == 5 and rows[("universal_patch", "pooled")]["clean"] == 6
+    z = rows[("universal_patch[reference_z]", "pooled")]
+    assert z["roc_auc"] == 1.0 and z["tpr_at_5fpr"] == 1.0
+    named = [m for m in members if m.installed]
+    assert all(m.detectors["universal_patch[reference_z]"]["predicted_target"] == m.target for m in named)
+    summary = bench.write_report(members, tmp_path / "report", bench.calibrate(members))
+    assert [m["member"] for m in summary["not_installed"]] == [11]
+    md = (tmp_path / "report" / "detection_bench.md").read_text()
+    assert "member 11" in md and "| universal_patch | pooled | 6 | 5 |" in md
+    assert (tmp_path / "report" / "roc.png").stat().st_size > 5000
+    assert (tmp_path / "report" / "detection_bench.csv").read_text().startswith("detector,group,")
