@@ -269,3 +269,15 @@ def test_a_detector_that_would_read_poisoned_training_canvases_is_refused_under_
 
     validate(compose_train("setting=backdoor", "search.canvas_source=train", "detector=universal_patch"))
     validate(compose_train("setting=backdoor", "search.canvas_source=train", "threat_model=training_data"))
+
+
+def test_detector_none_still_writes_a_verdict_of_abstention(tmp_path, capsys):
+    from classwise.auditing import Audit
+    from classwise.pipeline.detection_step import run_detection
+
+    dm = SimpleNamespace(classes=[f"class {c}" for c in range(8)])
+    run_detection([], {}, None, dm, _records(L1, WORKS), _data(), tmp_path)
+    det = read_json(tmp_path / "results.json")["detection"]
+    assert det["verdict"] == "abstained" and det["reason"] == "no detector ran (detector=none)" and det["score"] is None
+    assert "ABSTAINED" in capsys.readouterr().out
+    assert Audit({"detection": det, "classes": []}, {}, {}, tmp_path).verdict.startswith("abstained:")

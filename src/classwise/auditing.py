@@ -68,7 +68,7 @@ class Audit:
         """`backdoored: ...`, `clean: ...` or `abstained: ...` with the reason and the threat model; never
         `clean` for a detector that could not judge."""
         det = self.detection
-        if not det:
+        if not det or det.get("detector") is None:
             return "abstained: no detector ran (detector=none)"
         if "verdict" not in det:  # results.json before schema 3: the patterns' MAD block alone
             flagged = ", ".join(f"class {c}" for c in det.get("flagged") or []) or "no class"

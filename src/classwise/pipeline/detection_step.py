@@ -61,8 +61,12 @@ def run_detection(detectors: list[Detector], measured: dict[str, Any], model, dm
     """Every detector's verdict over all searched classes: results.json `detectors.<name>`, and `detection` (the
     first detector's block, the run's verdict); the trigger figure on a backdoored run."""
     timer = timer or PhaseTimer()
-    if not detectors:
-        return {}
+    if not detectors:  # every results.json has a verdict: here, that none was asked for
+        block = {"detector": None, "verdict": "abstained", "reason": "no detector ran (detector=none)", "score": None,
+                 "probability": None, "predicted_target": None, "predicted_name": None, "threat_model": data.threat_model}
+        update_results(run_dir, detection=block, detectors={})
+        print(describe_verdict({**block, "detector": "none"}, dm.classes))
+        return {"detection": block, "detectors": {}}
     blocks: dict[str, dict[str, Any]] = {}
     for det in detectors:
         with timer(f"detector.{det.name}"):
