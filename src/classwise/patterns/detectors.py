@@ -113,7 +113,7 @@ class UniversalPatchDetector(Detector):
 
     def __init__(self, ratios: Sequence[float] = (0.01, 0.02, 0.04), steps: int = 80, finetune_steps: int = 0,
                  batch_size: int = 32, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 300,
-                 statistic: str = "max_gap", threshold: float = 3.2, calibration: Sequence[float] | None = None,
+                 statistic: str = "max_gap", threshold: float = 3.7, calibration: Sequence[float] | None = None,
                  reference: str | None = None):
         ratios = [float(r) for r in ratios]
         if not ratios or not all(0 < r < 1 for r in ratios):
