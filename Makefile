@@ -61,12 +61,20 @@ claims-report: install ## tables over seeds, claims.md, plots, gallery of the cl
 
 DEV_MEMBERS ?= 24
 TEST_MEMBERS ?= 68
-NC_MEMBERS ?= 20
+SUBSET_MEMBERS ?= 20  # the patterns detector and Neural Cleanse (minutes a model) on members 0..19 of each
 detect-population: install data ## train the detector benchmark's dev and test model populations (half clean, half random backdoors; resumable)
 	$(BIN)/classwise-train experiment=detect_population setting.population.name=dev 'setting.population.member=range(0,$(DEV_MEMBERS))'
 	$(BIN)/classwise-train experiment=detect_population setting.population.name=test 'setting.population.member=range(0,$(TEST_MEMBERS))'
 
-detect-bench: install ## search throughput and batched-vs-loop speedup (prints a table; saves outputs/bench.json)
+detect-bench: install ## every detector on the populations from clean data (resumable), then ROC-AUC tables, ROC plot, dev reference (outputs/detect_bench/report)
+	for pop in dev test; do n=$(DEV_MEMBERS); [ $$pop = test ] && n=$(TEST_MEMBERS); \
+		$(BIN)/classwise-search bench=population bench.population=$$pop "bench.member=range(0,$$n)" bench.name=universal_patch detector=universal_patch search.enabled=false || exit 1; \
+		$(BIN)/classwise-search bench=population bench.population=$$pop "bench.member=range(0,$(SUBSET_MEMBERS))" bench.name=subset detector=[patterns,neural_cleanse] || exit 1; \
+	done
+	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population dev --variants
+	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population test --calibrate-from dev --variants --wandb offline
+
+bench: install ## search throughput and batched-vs-loop speedup (prints a table; saves outputs/bench.json)
 	$(BIN)/python -m classwise.bench --json outputs/bench.json
 
 gpu-check: install ## the GPU path in under 5 minutes on one GPU: search vs model speed, bf16, 1,000 classes, callback device (CPU: small sizes)

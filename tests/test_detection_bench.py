@@ -99,3 +99,4 @@ def test_the_report_scores_a_population_lists_uninstalled_triggers_and_standardi
     assert "member 11" in md and "| universal_patch | pooled | 6 | 5 |" in md
     assert (tmp_path / "report" / "roc.png").stat().st_size > 5000
     assert (tmp_path / "report" / "detection_bench.csv").read_text().startswith("detector,group,")
+    bench.log_to_wandb(summary, tmp_path / "report", "disabled")  # the W&B table and plot, never blocking

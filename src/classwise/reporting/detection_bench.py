@@ -372,6 +372,22 @@ def _roc_figure(members: list[Member], path: Path) -> None:
     plt.close(fig)
 
 
+def log_to_wandb(summary: dict[str, Any], out_dir: Path, mode: str) -> None:
+    """One W&B run (job type `detection_bench`): the rows as a Table, the ROC plot, the pooled AUCs as summary."""
+    import wandb
+
+    from classwise.reporting.wandb_log import wandb_mode
+
+    rows = summary["rows"]
+    run = wandb.init(project="classwise", job_type="detection_bench", dir=str(out_dir), mode=wandb_mode(mode),
+                     name=f"detection_bench-{summary['population']}", config={"population": summary["population"]})
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    run.log({"detection_bench": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows]),
+             "roc": wandb.Image(str(out_dir / "roc.png"))})
+    run.summary.update({f"{r['detector']}/{r['group']}/roc_auc": r["roc_auc"] for r in rows})
+    run.finish()
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 
@@ -379,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bench_dir", type=Path, help="the bench folder (outputs/detect_bench)")
     parser.add_argument("--population", default="test", help="the population to score (default: test)")
     parser.add_argument("--calibrate-from", default=None, help="fit each detector's probability on this population (dev)")
+    parser.add_argument("--wandb", default=None, choices=("offline", "online", "disabled"),
+                        help="also log the table and the ROC plot as one W&B run (offline: `wandb sync` later)")
     parser.add_argument("--variants", action="store_true",
                         help="also score every statistic of the universal patch detector (to choose one on dev)")
     args = parser.parse_args(argv)
@@ -401,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m classwise.reporting.detection_bench " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = write_report(members, out_dir, calibration, command)
     print(markdown(summary))
+    if args.wandb:
+        log_to_wandb(summary, out_dir, args.wandb)
     if calibration:
         print("calibration fitted on", args.calibrate_from, json.dumps(calibration))
 
