@@ -117,7 +117,8 @@ def patch_variants(block: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     n = torch.tensor(block["asr_n"], dtype=torch.float64)
     hits = (torch.tensor(block["asr"], dtype=torch.float64) * n).round()
     stats, _, _ = patch_statistics(hits, n)
-    return {f"universal_patch[{k}]": {"score": v, "verdict": None, "seconds": block.get("seconds")}
+    target = _target_of(block)  # the easiest class at the ratio of the largest gap
+    return {f"universal_patch[{k}]": {"score": v, "verdict": None, "seconds": block.get("seconds"), "predicted_target": target}
             for k, v in stats.items() if k in UniversalPatchDetector.STATISTICS}
 
 
