@@ -60,7 +60,7 @@ claims-report: install ## tables over seeds, claims.md, plots, gallery of the cl
 	$(BIN)/python experiments/paper_claims_readme.py outputs/sweeps/paper_claims/report | tee outputs/sweeps/paper_claims/report/readme_tables.md
 
 DEV_MEMBERS ?= 24
-TEST_MEMBERS ?= 68
+TEST_MEMBERS ?= 72
 SUBSET_MEMBERS ?= 20  # the patterns detector and Neural Cleanse (minutes a model) on members 0..19 of each
 detect-population: install data ## train the detector benchmark's dev and test model populations (half clean, half random backdoors; resumable)
 	$(BIN)/classwise-train experiment=detect_population setting.population.name=dev 'setting.population.member=range(0,$(DEV_MEMBERS))'
