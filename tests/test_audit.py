@@ -144,20 +144,12 @@ def test_timm_model_from_a_local_weights_file(planted_data, tmp_path):
     """A real (tiny) timm architecture trained so the patch is its target class's only feature; weights as safetensors.
 
     All classes are searched: the detector must flag the target, by its name."""
-    import timm
     from safetensors.torch import save_file
 
     train, _ = planted_data
     x, y = train.images.clone(), train.targets
     x[y == TARGET] = stamp(x[y != TARGET][: int((y == TARGET).sum())], TOP, LEFT, PATCH)
-    torch.manual_seed(0)
-    net = timm.create_model("test_resnet", num_classes=CLASSES, in_chans=1)
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(80):
-        idx = torch.randint(0, len(y), (64,))
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-        opt.step()
+    net = _timm_net(x, y)
     path = tmp_path / "model.safetensors"
     save_file({f"_orig_mod.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(path))  # torch.compile'd
     # Fewer, larger steps: a ResNet's forward costs far more than the planted linear model's.
@@ -196,7 +188,7 @@ def _timm_net(x: torch.Tensor, y: torch.Tensor, seed: int = 0):
 
 
 def test_universal_patch_finds_a_planted_patch_from_clean_data_alone(planted_data, tmp_path):
-    """A network trained outside the package with a BadNets-style patch (a tenth of the other classes'
+    """A network trained outside the package with a BadNets-style patch (a quarter of the other classes'
     images stamped and relabelled), audited from the clean held-out split only (no pattern searched, so
     no training image is read): the verdict names the planted target, and scores it above a clean twin."""
     from classwise.auditing import detector_settings

@@ -232,9 +232,9 @@ def assert_same_detection(a: dict, b: dict) -> None:
 
 def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
     """Each rank's share of the classes, concatenated in any order, gives the one-process detection block."""
+    from classwise.patterns.detectors import Detector
     from classwise.patterns.neural_cleanse import (
         NeuralCleanseConfig,
-        join_shares,
         nc_detection,
         neural_cleanse,
         neural_cleanse_masks,
@@ -244,7 +244,7 @@ def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
     cfg = NeuralCleanseConfig(epochs=4, epoch_size=20, batch_size=4, patience=1)
     whole = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False)
     shares = [neural_cleanse_masks(model, classes, pool, labels, cfg, progress=False) for classes in ([1, 3], [0, 2, 4])]
-    sharded = nc_detection(join_shares(shares), cfg)
+    sharded = nc_detection(Detector().join(shares), cfg)  # the join every sharded detector uses
     whole.pop("seconds"), sharded.pop("seconds")
     assert_same_detection(sharded, whole)
     assert sharded["classes"] == [0, 1, 2, 3, 4]

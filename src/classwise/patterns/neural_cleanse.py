@@ -86,12 +86,6 @@ def neural_cleanse(
 PER_CLASS_KEYS = ("classes", "l1", "reached_threshold", "epochs_run")  # of `neural_cleanse_masks`' result
 
 
-def join_shares(shares: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several ranks' `neural_cleanse_masks` results as one (classes in any order; the slowest rank's seconds)."""
-    return {**{k: [v for share in shares for v in share[k]] for k in PER_CLASS_KEYS},
-            "seconds": max(share["seconds"] for share in shares)}
-
-
 def nc_detection(per_class: dict[str, Any], cfg: NeuralCleanseConfig, threshold: float = THRESHOLD) -> dict[str, Any]:
     """The anomaly-index block from per-class results (those of several ranks joined, in any order)."""
     order = sorted(range(len(per_class["classes"])), key=lambda i: per_class["classes"][i])

@@ -66,13 +66,18 @@ def collect(bench_dir: Path, population: str, with_variants: bool = False) -> li
     return [members[k] for k in sorted(members)]
 
 
-def _logits(block: dict[str, Any]):
+def _counts(block: dict[str, Any]):
+    """(hits, n) [K, R] of a universal patch block, back from its recorded rates and counts."""
     import torch
 
+    n = torch.tensor(block["asr_n"], dtype=torch.float64)
+    return (torch.tensor(block["asr"], dtype=torch.float64) * n).round(), n
+
+
+def _logits(block: dict[str, Any]):
     from classwise.patterns.detectors import patch_logits
 
-    n = torch.tensor(block["asr_n"], dtype=torch.float64)
-    return patch_logits((torch.tensor(block["asr"], dtype=torch.float64) * n).round(), n)  # [K, R]
+    return patch_logits(*_counts(block))  # [K, R]
 
 
 def reference_of(members: list[Member], min_sd: float = 0.25) -> dict[str, Any] | None:
@@ -108,15 +113,11 @@ def add_reference_z(members: list[Member], reference: dict[str, Any] | None, lea
 def patch_variants(block: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """`universal_patch[<statistic>]`: every statistic of the universal patch detector recomputed from its
     recorded per-class rates (so statistics can be compared on a dev population without rerunning)."""
-    import torch
-
     from classwise.patterns.detectors import UniversalPatchDetector, patch_statistics
 
     if not block or not block.get("asr") or len(block["asr"]) < 2:
         return {}
-    n = torch.tensor(block["asr_n"], dtype=torch.float64)
-    hits = (torch.tensor(block["asr"], dtype=torch.float64) * n).round()
-    stats, _, _ = patch_statistics(hits, n)
+    stats, _, _ = patch_statistics(*_counts(block))
     target = _target_of(block)  # the easiest class at the ratio of the largest gap
     return {f"universal_patch[{k}]": {"score": v, "verdict": None, "seconds": block.get("seconds"), "predicted_target": target}
             for k, v in stats.items() if k in UniversalPatchDetector.STATISTICS}
