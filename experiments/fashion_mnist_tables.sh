@@ -16,7 +16,7 @@ transfer() {
   local name=$1 model=$2 patterns=$3
   if [ -f "$OUT/$name/results.json" ] && grep -q '"transfer"' "$OUT/$name/results.json"; then echo "skip $name"; return; fi
   echo "== $name: classwise-search checkpoint=$OUT/$model patterns_from=$OUT/$patterns"
-  .venv/bin/classwise-search checkpoint="$OUT/$model" patterns_from="$OUT/$patterns" search.eval_max_per_class=100 \
+  .venv/bin/classwise-search checkpoint="$OUT/$model" patterns_from="$OUT/$patterns" search.evaluation.max_per_class=100 \
     hydra.run.dir="$OUT/$name"
 }
 # Natural and adversarial: every baseline, the whole eval split, PGD-20 robust accuracy for both.
@@ -25,11 +25,11 @@ train adversarial setting=adversarial setting.adversary.method=fgsm_rs
 # Backdoors: every detector; eval capped at 500 images per class.
 for trigger in badnets blend trojan sig; do
   train "backdoor_$trigger" setting=backdoor trigger=$trigger detector=all \
-    'search.pattern_ratios=[0.01,0.05]' search.eval_max_per_class=500 'search.baselines=[random]'
+    'search.pattern_ratios=[0.01,0.05]' search.evaluation.max_per_class=500 'search.baselines.methods=[random]'
 done
 # A second architecture for the transfer table (short schedule: ResNet-18 is slow on CPU).
 train resnet18 model=resnet18 data.train_subset=3000 trainer.max_epochs=1 search=fast search.steps=100 \
-  search.eval_max_per_class=100 'search.baselines=[random]'
+  search.evaluation.max_per_class=100 'search.baselines.methods=[random]'
 transfer transfer_small_cnn_to_resnet18 resnet18 natural
 transfer transfer_resnet18_to_small_cnn natural resnet18
 .venv/bin/classwise-report "$OUT"

@@ -19,5 +19,5 @@ for i in "${!SEEDS[@]}"; do
   echo "== seed $a's model, seed $b's patterns -> $out"
   # Quoted for Hydra: the sweep's folder names hold '=' and ',' (claim=natural,seed=0).
   "$BIN/classwise-search" "checkpoint='$model'" "patterns_from='$patterns'" seed="$a" \
-    search.eval_max_per_class=100 search.eval_ci=0.05 logger=none "hydra.run.dir='$out'"
+    search.evaluation.max_per_class=100 search.evaluation.ci=0.05 logger=none "hydra.run.dir='$out'"
 done

@@ -29,8 +29,8 @@ NAMES = ["cat", "dog", "frog", "ship"]  # sorted, so ImageFolder gives them the 
 # The ground-truth test's search (test_patterns.py): two passes, the first canvas of the class.
 # Canvases from the training images, which carry the patch: the pattern's ground truth. (The verdict
 # below reads only the clean held-out split: `audit`'s default threat model.)
-SEARCH = {"epochs": 2, "canvas": "index", "canvas_source": "train", "pattern_ratios": [RATIO], "baselines": ["random"],
-          "progress": False}
+SEARCH = {"epochs": 2, "canvas": {"strategy": "index", "source": "train"}, "pattern_ratios": [RATIO],
+          "baselines": {"methods": ["random"]}, "progress": False}
 
 # A user's package outside classwise: the planted-patch ground truth behind an input convention
 # (it takes pixels in [0, scale] normalised by mean / std, as its training code fed it).
@@ -375,8 +375,8 @@ def test_cli_custom_class_on_an_image_folder(their_pkg, image_folder, cli, tmp_p
     env = {"PYTHONPATH": f"{root}:{REPO / 'src'}:{REPO}"}
     data = ("dataset=imagefolder", f"dataset.root={image_folder}", f"dataset.image_size={SIZE}", "dataset.channels=1",
             f"dataset.num_classes={CLASSES}", "dataset.mean=[0.5]", "dataset.std=[0.25]", "data.search_fraction=0.5")
-    search = ("search.steps=null", "search.epochs=2", "search.batch_size=4", f"search.classes=[{TARGET}]", "search.canvas=index",
-              f"search.pattern_ratios=[{RATIO}]", "search.canvas_source=train")  # the patched training images
+    search = ("search.steps=null", "search.epochs=2", "search.batch_size=4", f"search.classes=[{TARGET}]",
+              "search.canvas.strategy=index", f"search.pattern_ratios=[{RATIO}]", "search.canvas.source=train")  # the patched training images
     cli("search", "debug=fast", *data, *search, "model=custom", "model._target_=their_pkg.nets.Net", f"+model.target={TARGET}",
         f"checkpoint={path}", env=env)
     result = Audit.from_run(tmp_path / "run")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -11,7 +9,9 @@ from classwise.data.poisoning import Poisoner
 from classwise.data.sources import TensorImages
 from classwise.data.triggers import SIG, BadNets, Blend, Trojan
 from classwise.errors import ConfigError
+from classwise.patterns.classwise import ClassPattern
 from classwise.patterns.detection import anomaly_indices, detect, median, pattern_detection
+from classwise.pipeline.search_step import SearchJob
 from tests.conftest import read_json
 
 
@@ -131,8 +131,8 @@ def _records(l1s, asrs, size=10):
     for c, (l1, asr) in enumerate(zip(l1s, asrs, strict=True)):
         mask = torch.zeros(1, size, size)
         mask.view(-1)[: int(l1)] = 1.0
-        out.append({"class_index": c, "mask": mask,
-                    "by_ratio": [{"pattern_ratio": 0.01, "asr": 0.0}, {"pattern_ratio": 0.05, "asr": asr}]})
+        out.append(ClassPattern(c, "search", c, torch.zeros(1, size, size), mask,
+                                [{"pattern_ratio": 0.01, "asr": 0.0}, {"pattern_ratio": 0.05, "asr": asr}]))
     return out
 
 
@@ -140,7 +140,7 @@ def _data(**kw):
     from classwise.patterns.detectors import DetectionData
 
     return DetectionData(clean=(torch.zeros(1, 1, 10, 10), torch.zeros(1)), held_out=(torch.zeros(1, 1, 10, 10), torch.zeros(1)),
-                         num_classes=8, **kw)
+                         num_classes=8, class_names=[f"class {c}" for c in range(8)], **kw)
 
 
 def test_a_model_with_one_working_class_gets_a_verdict():
@@ -178,15 +178,14 @@ def test_detection_step_writes_every_verdict_and_the_first_as_the_runs(tmp_path,
     from classwise.pipeline.detection_step import run_detection
 
     records = _records([0.0, *L1[1:]], [0.0, *WORKS[1:]])
-    dm = SimpleNamespace(classes=[f"class {c}" for c in range(8)])
-    run_detection([PatternDetector()], {}, None, dm, records, _data(), tmp_path)
+    run_detection(SearchJob(detectors=[PatternDetector()]), {}, records, _data(), tmp_path)
     res = read_json(tmp_path / "results.json")
     det = res["detection"]
     assert det == res["detectors"]["patterns"] and det["verdict"] == "backdoored" and det["predicted_target"] == 2
     assert det["asr_gate"]["pattern_ratio"] == 0.05 and det["not_scored"] == [0] and det["threat_model"] == "clean_data"
     assert "detector patterns (clean_data): BACKDOORED, target 2 (class 2)" in capsys.readouterr().out
     # gated at 1%, where nothing works: a clean verdict that says why
-    run_detection([PatternDetector(gate_ratio=0.01)], {}, None, dm, records, _data(), tmp_path)
+    run_detection(SearchJob(detectors=[PatternDetector(gate_ratio=0.01)]), {}, records, _data(), tmp_path)
     det = read_json(tmp_path / "results.json")["detection"]
     assert det["verdict"] == "clean" and det["flagged"] == [] and "no pattern reaches" in det["reason"]
 
@@ -260,23 +259,22 @@ def test_universal_patch_names_the_target_from_clean_data_and_calls_the_twin_cle
 
 
 def test_a_detector_that_would_read_poisoned_training_canvases_is_refused_under_clean_data(refused):
-    proc = refused("train", "debug=fast", "setting=backdoor", "search.canvas_source=train")
+    proc = refused("train", "debug=fast", "setting=backdoor", "search.canvas.source=train")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "threat_model=clean_data forbids detector 'patterns'" in proc.stderr
     # the same canvases for the figures alone are fine: no detector reads them
     from classwise.config import validate
     from tests.test_configs import compose_train
 
-    validate(compose_train("setting=backdoor", "search.canvas_source=train", "detector=universal_patch"))
-    validate(compose_train("setting=backdoor", "search.canvas_source=train", "threat_model=training_data"))
+    validate(compose_train("setting=backdoor", "search.canvas.source=train", "detector=universal_patch"))
+    validate(compose_train("setting=backdoor", "search.canvas.source=train", "threat_model=training_data"))
 
 
 def test_detector_none_still_writes_a_verdict_of_abstention(tmp_path, capsys):
     from classwise.auditing import Audit
     from classwise.pipeline.detection_step import run_detection
 
-    dm = SimpleNamespace(classes=[f"class {c}" for c in range(8)])
-    run_detection([], {}, None, dm, _records(L1, WORKS), _data(), tmp_path)
+    run_detection(SearchJob(), {}, _records(L1, WORKS), _data(), tmp_path)
     det = read_json(tmp_path / "results.json")["detection"]
     assert det["verdict"] == "abstained" and det["reason"] == "no detector ran (detector=none)" and det["score"] is None
     assert "ABSTAINED" in capsys.readouterr().out

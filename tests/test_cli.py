@@ -88,7 +88,16 @@ def test_resume_continues_from_last_checkpoint(cli, tmp_path):
     (("dataset.root=/no/such/folder", "dataset=fashion_mnist"), "dataset.root"),
     (("model=vgg16_bn",), "dataset.image_size"),
     (("search.pattern_ratios=[0]",), "search.pattern_ratios"),
-    (("search.canvas=best",), "search.canvas"),
+    (("search.canvas.strategy=best",), "search.canvas.strategy"),
+    # the `search` group's schema: a wrong key or type fails when Hydra composes, said in one line
+    (("search.foo=1",), "Key 'foo' not in 'SearchSettings'"),
+    (("search.canvas.sorce=train",), "Key 'sorce' not in 'CanvasConfig'"),
+    (("search.steps=abc",), "search.steps"),
+    (("dataset.foo=1",), "dataset.foo"),
+    # keys of the old flat block: where they went
+    (("search.eval_ci=0.1",), "search.eval_ci has moved; accepted: search.evaluation.ci"),
+    (("search.canvas=best_of_k",), "accepted: search.canvas.strategy=best_of_k"),
+    (("search.baselines=[random]",), "accepted: search.baselines.methods=[random]"),
 ])
 def test_bad_train_input_fails_fast_with_one_line(refused, overrides, needle):
     proc = refused("train", *FAST, *overrides)
@@ -119,8 +128,8 @@ def test_checkpoint_of_another_model_is_refused(trained, refused):
 def test_search_rejects_class_and_canvas_index_out_of_range(trained, refused):
     proc = refused("search", *FAST, f"checkpoint={trained}", "search.classes=[9]")
     assert proc.returncode == 2 and "search.classes" in proc.stderr
-    proc = refused("search", *FAST, f"checkpoint={trained}", "search.canvas=index", "search.canvas_index=99999")
-    assert proc.returncode == 2 and "search.canvas_index" in proc.stderr
+    proc = refused("search", *FAST, f"checkpoint={trained}", "search.canvas.strategy=index", "search.canvas.index=99999")
+    assert proc.returncode == 2 and "search.canvas.index" in proc.stderr
 
 
 def test_transfer_from_a_run_to_itself_reproduces_its_asr(trained, cli, refused, tmp_path):

@@ -8,9 +8,12 @@ import torch
 from classwise.data.synthetic import make_synthetic
 from classwise.errors import ConfigError
 from classwise.patterns import (
+    BaselinesConfig,
     CanvasConfig,
     CanvasPool,
     SearchConfig,
+    SearchData,
+    SearchSettings,
     classwise_patterns,
     paste,
     search_patterns,
@@ -38,8 +41,8 @@ def test_search_finds_the_planted_patch(target, top, left):
     search_set, eval_set = (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:])
     ratio = PATCH * PATCH / SIZE**2
     (result,) = classwise_patterns(
-        model, [target], CLASSES, pool, search_set, eval_set, [ratio],
-        SearchConfig(epochs=2), CanvasConfig(strategy="index"), progress=False,
+        model, [target], SearchData(CLASSES, pool, search_set, eval_set),
+        SearchSettings(epochs=2, pattern_ratios=[ratio], canvas=CanvasConfig(strategy="index")), progress=False,
     )
     pix = result.pixels(ratio)[0]
     on_patch = pix[top : top + PATCH, left : left + PATCH].sum().item()
@@ -132,7 +135,7 @@ def test_search_scores_are_the_unclipped_mask():
     ({"ratios": [0.0]}, "pattern_ratios"),
     ({"ratios": [1.5]}, "pattern_ratios"),
     ({"targets": [7]}, "search.classes"),
-    ({"canvas": CanvasConfig(strategy="index", index=10_000)}, "canvas_index"),
+    ({"canvas": CanvasConfig(strategy="index", index=10_000)}, "canvas.index"),
 ])
 def test_bad_search_inputs_fail_before_compute(kwargs, match):
     tr_x, tr_y, te_x, te_y = synthetic()
@@ -147,9 +150,9 @@ def test_bad_search_inputs_fail_before_compute(kwargs, match):
     spy.p = torch.nn.Parameter(torch.zeros(1))
     pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: tr_x[i])
     with pytest.raises(ConfigError, match=match):
-        classwise_patterns(spy, kwargs.get("targets", [0, 1]), CLASSES, pool, (te_x, te_y), (te_x, te_y),
-                           kwargs.get("ratios", [0.05]), SearchConfig(), kwargs.get("canvas", CanvasConfig()),
-                           progress=False)
+        settings = SearchSettings(pattern_ratios=kwargs.get("ratios", [0.05]), canvas=kwargs.get("canvas", CanvasConfig()))
+        classwise_patterns(spy, kwargs.get("targets", [0, 1]), SearchData(CLASSES, pool, (te_x, te_y), (te_x, te_y)),
+                           settings, progress=False)
     assert not calls
 
 
@@ -176,9 +179,10 @@ def test_baselines_on_the_planted_patch():
     pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: canvas_images[i])
     ratio = PATCH * PATCH / SIZE**2
     (res,) = classwise_patterns(
-        net, [target], CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:]), [ratio],
-        SearchConfig(epochs=2), CanvasConfig(strategy="index"), progress=False,
-        baselines=["random", "gradcam", "saliency", "uap"], uap_cfg=UAPConfig(eps=0.1, steps=30),
+        net, [target], SearchData(CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:])),
+        SearchSettings(epochs=2, pattern_ratios=[ratio], canvas=CanvasConfig(strategy="index"),
+                       baselines=BaselinesConfig(["random", "gradcam", "saliency", "uap"], uap=UAPConfig(eps=0.1, steps=30))),
+        progress=False,
     )
     b = res.by_ratio[0]
     assert b["asr"] > b["baselines"]["random"] + 0.5
@@ -204,9 +208,11 @@ def test_universal_patch_finds_the_planted_patch():
     assert pix.sum() == PATCH * PATCH
     assert pix[top : top + PATCH, left : left + PATCH].sum() / pix.sum() >= 0.8
     (res,) = classwise_patterns(
-        model, [target], CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:]), [ratio],
-        SearchConfig(steps=5), CanvasConfig(strategy="index"), progress=False, baselines=["random", "universal_patch"],
-        patch_cfg=PatchConfig(steps=60, finetune_steps=20),
+        model, [target], SearchData(CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:])),
+        SearchSettings(steps=5, pattern_ratios=[ratio], canvas=CanvasConfig(strategy="index"),
+                       baselines=BaselinesConfig(["random", "universal_patch"],
+                                                 universal_patch=PatchConfig(steps=60, finetune_steps=20))),
+        progress=False,
     )
     b = res.by_ratio[0]["baselines"]
     assert b["universal_patch"] >= 0.9 and b["universal_patch"] > b["random"] + 0.5

@@ -69,7 +69,7 @@ def _worker(rank: int, tmp: str) -> None:
                                       datamodule=build_datamodule(DATASET, {"batch_size": 32}, seed=0),
                                       strategy=SimpleNamespace(root_device=torch.device("cpu"), _timeout=TIMEOUT))
             module = SimpleNamespace(model=model, to=lambda device, **_: None)
-            PatternSearch({"steps": 2, "baselines": []}, f"{tmp}/run{failing}").on_fit_end(trainer, module)
+            PatternSearch({"steps": 2, "baselines": {"methods": []}}, f"{tmp}/run{failing}").on_fit_end(trainer, module)
             outcome = {"error": None}
         except Exception as exc:  # noqa: BLE001 - what each rank raised is the test's subject
             outcome = {"error": type(exc).__name__, "message": str(exc)}

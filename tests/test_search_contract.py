@@ -13,9 +13,13 @@ from torch import nn
 from classwise.attacks.pgd import robust_accuracy
 from classwise.data.synthetic import make_synthetic
 from classwise.patterns import (
+    BaselinesConfig,
     CanvasConfig,
     CanvasPool,
+    EvalConfig,
     SearchConfig,
+    SearchData,
+    SearchSettings,
     classwise_patterns,
     search_patterns,
     top_pixels,
@@ -101,9 +105,10 @@ def test_search_baselines_and_neural_cleanse_run_in_eval_mode_and_leave_the_mode
         pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: tr_x[i])
         # best_of_k: the canvas margins and the search-pool ASR of every candidate pass through the model too.
         patterns = classwise_patterns(
-            bn_net, [0, 1, 2], CLASSES, pool, (te_x[:200], te_y[:200]), (te_x[200:400], te_y[200:400]), [RATIO],
-            SearchConfig(steps=6, batch_size=4), CanvasConfig(strategy="best_of_k", k=2), progress=False,
-            baselines=["random", "gradcam", "saliency", "uap"], uap_cfg=UAPConfig(eps=0.1, steps=3),
+            bn_net, [0, 1, 2], SearchData(CLASSES, pool, (te_x[:200], te_y[:200]), (te_x[200:400], te_y[200:400])),
+            SearchSettings(steps=6, batch_size=4, pattern_ratios=[RATIO], canvas=CanvasConfig(strategy="best_of_k", k=2),
+                           baselines=BaselinesConfig(["random", "gradcam", "saliency", "uap"], uap=UAPConfig(eps=0.1, steps=3))),
+            progress=False,
         )
         assert len(patterns) == 3 and all(len(p.candidates) == 2 for p in patterns)
         _assert_untouched(bn_net, before)
@@ -147,9 +152,11 @@ def test_the_memory_probe_of_every_pass_runs_in_eval_mode_on_a_model_left_in_tra
     try:
         pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: tr_x[i])
         classwise_patterns(
-            bn_net, [0, 1], CLASSES, pool, (te_x[:100], te_y[:100]), (te_x[200:400], te_y[200:400]), [RATIO],
-            SearchConfig(steps=4, batch_size=4), CanvasConfig(strategy="best_of_k", k=2), progress=False,
-            baselines=["random", "gradcam", "uap"], uap_cfg=UAPConfig(eps=0.1, steps=2), eval_ci=0.1,
+            bn_net, [0, 1], SearchData(CLASSES, pool, (te_x[:100], te_y[:100]), (te_x[200:400], te_y[200:400])),
+            SearchSettings(steps=4, batch_size=4, pattern_ratios=[RATIO], canvas=CanvasConfig(strategy="best_of_k", k=2),
+                           baselines=BaselinesConfig(["random", "gradcam", "uap"], uap=UAPConfig(eps=0.1, steps=2)),
+                           evaluation=EvalConfig(ci=0.1)),
+            progress=False,
         )
         predict(bn_net, te_x[:50])
         robust_accuracy(bn_net, te_x[:20], te_y[:20], eps=0.03, step_size=0.01, steps=2)  # PGD-20 after `test`
@@ -216,8 +223,9 @@ def test_rgb_search_finds_a_coloured_patch():
     red[:, :, TOP : TOP + PATCH, LEFT : LEFT + PATCH] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     canvases[tr_y == target] = red
     pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: canvases[i])
-    (res,) = classwise_patterns(model, [target], CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:]),
-                                [RATIO], SearchConfig(epochs=2), CanvasConfig(strategy="index"), progress=False)
+    (res,) = classwise_patterns(model, [target], SearchData(CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:])),
+                                SearchSettings(epochs=2, pattern_ratios=[RATIO], canvas=CanvasConfig(strategy="index")),
+                                progress=False)
     assert res.canvas.shape == (3, SIZE, SIZE) and res.mask.shape == (1, SIZE, SIZE)
     pix = res.pixels(RATIO)[0]
     assert pix[TOP : TOP + PATCH, LEFT : LEFT + PATCH].sum() / pix.sum() >= 0.8
@@ -280,15 +288,17 @@ def two_cues():
 def test_most_confident_takes_the_largest_margin_of_the_class(two_cues):
     model, pool, search_set, eval_set, target, bright, _ = two_cues
     assert choose_candidates(model, pool, target, CanvasConfig(strategy="most_confident"), seed=0) == [bright]
-    (res,) = classwise_patterns(model, [target], CLASSES, pool, search_set, eval_set, [RATIO], SearchConfig(steps=3),
-                                CanvasConfig(strategy="most_confident"), progress=False)
+    (res,) = classwise_patterns(model, [target], SearchData(CLASSES, pool, search_set, eval_set),
+                                SearchSettings(steps=3, pattern_ratios=[RATIO], canvas=CanvasConfig(strategy="most_confident")),
+                                progress=False)
     assert res.canvas_index == bright and res.candidates == []
 
 
 def test_best_of_k_takes_the_candidate_whose_pattern_works_on_the_search_pool(two_cues):
     model, pool, search_set, eval_set, target, bright, patched = two_cues
-    (res,) = classwise_patterns(model, [target], CLASSES, pool, search_set, eval_set, [RATIO],
-                                SearchConfig(epochs=2), CanvasConfig(strategy="best_of_k", k=3), progress=False)
+    (res,) = classwise_patterns(model, [target], SearchData(CLASSES, pool, search_set, eval_set),
+                                SearchSettings(epochs=2, pattern_ratios=[RATIO], canvas=CanvasConfig(strategy="best_of_k", k=3)),
+                                progress=False)
     cands = res.candidates
     assert len(cands) == 3 and [c["canvas_index"] for c in cands[:2]] == [bright, patched]  # in order of margin
     by_index = {c["canvas_index"]: c for c in cands}

@@ -186,6 +186,6 @@ def test_wheel_installs_and_trains_from_an_empty_folder(wheel, tmp_path):
     module_file, conf = where.stdout.split()
     assert module_file.startswith(site) and conf.startswith(site), where.stdout  # the wheel's code and configs
 
-    _run([venv / "bin" / "classwise-train", "debug=fast", "search.eval_max_per_class=20"], cwd=empty, env=env)
+    _run([venv / "bin" / "classwise-train", "debug=fast", "search.evaluation.max_per_class=20"], cwd=empty, env=env)
     (results,) = empty.glob("outputs/train/runs/*/results.json")
     assert '"clean_acc"' in results.read_text() and '"classes"' in results.read_text()

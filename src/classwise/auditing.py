@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from classwise.errors import ConfigError
 from classwise.models.convention import InputAdapter, InputConvention
+from classwise.patterns.settings import SearchSettings
 
 
 @dataclass
@@ -142,19 +143,24 @@ def _compose(overrides: list[str]):
         return compose("search", overrides=overrides)
 
 
-def search_settings(search: str | Mapping[str, Any], seed: int, **overrides: Any) -> dict[str, Any]:
-    """A preset of conf/search (`paper`, `fast`) or a dict, with any search key overridden; validated."""
+def search_settings(search: str | Mapping[str, Any] | SearchSettings, seed: int, **overrides: Any) -> SearchSettings:
+    """A preset of conf/search (`paper`, `fast`), a dict of its shape or a SearchSettings, with any of its keys
+    overridden (a block by a dict: `evaluation={"ci": 0.05}`); validated."""
     from omegaconf import OmegaConf
 
-    from classwise.pipeline.settings import parse_settings
+    from classwise.pipeline.settings import moved_key_error, parse_settings
 
-    if isinstance(search, Mapping):
-        settings = dict(search)
+    for key, value in overrides.items():
+        error = moved_key_error(key, value)
+        if error is not None:
+            raise error
+    if isinstance(search, SearchSettings):
+        base = OmegaConf.to_container(OmegaConf.structured(search))
+    elif isinstance(search, Mapping):
+        base = dict(search)
     else:
-        settings = OmegaConf.to_container(_compose([f"search={search}", f"seed={seed}"]).search, resolve=True)
-    settings.update(overrides)
-    parse_settings(settings)
-    return settings
+        base = OmegaConf.to_container(_compose([f"search={search}", f"seed={seed}"]).search, resolve=True)
+    return parse_settings(OmegaConf.to_container(OmegaConf.merge(base, overrides)))
 
 
 def detector_settings(detector: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -249,7 +255,8 @@ def audit(
     `.classes` naming the classes (e.g. ImageFolder's folders); or a dataset name / config dict of
     conf/dataset; or a ClasswiseDataModule. test: a second Dataset for the search pool and the
     evaluation images (disjoint shares of it); by default both come from `dataset`. search: a preset
-    of conf/search or a dict; search_overrides: any search key (pattern_ratios, baselines, classes, ...).
+    of conf/search, a dict or a SearchSettings; search_overrides: any of its keys (pattern_ratios, classes, a block
+    as a dict: canvas={"source": "search"}, evaluation={"ci": 0.05}, baselines={"methods": ["random"]}, ...).
     detector: an option of conf/detector (`default`, `universal_patch`, `patterns`, `neural_cleanse`,
     `all`, `none`) or the group's dict; threat_model: clean_data (detectors read only the clean split)
     or training_data.
@@ -257,7 +264,7 @@ def audit(
     """
     from classwise.models.external import load_model
     from classwise.models.loading import read_checkpoint
-    from classwise.pipeline.search_step import run_pattern_search
+    from classwise.pipeline.search_step import SearchJob, run_pattern_search
     from classwise.reporting.results import update_results
 
     settings = search_settings(search, seed, **search_overrides)
@@ -281,8 +288,8 @@ def audit(
     net.to(device)
     detector_cfg = detector_settings(detector)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="classwise-audit-"))
-    run_pattern_search(net, dm, settings, out, detector=detector_cfg, progress=progress, threat_model=threat_model)
-    update_results(out, run={**run, "output_dir": str(out), "config": {"search": settings}},
+    run_pattern_search(net, dm, SearchJob.of(settings, detector_cfg, threat_model, progress=progress), out)
+    update_results(out, run={**run, "output_dir": str(out), "config": {"search": asdict(settings)}},
                    metrics={"clean_acc": clean_accuracy(net, dm)})
     return Audit.from_run(out)
 

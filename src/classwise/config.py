@@ -13,9 +13,16 @@ from omegaconf.errors import MissingMandatoryValue
 
 from classwise.errors import ConfigError, RunFailed, import_extra
 from classwise.launch import register_resolvers
+from classwise.pipeline.settings import (
+    check_moved_overrides,
+    moved_key_error,
+    parse_settings,
+    register_schemas,
+)
 from classwise.reporting.runs import FAILED
 
 register_resolvers()  # hydra/default.yaml's run folder needs it before Hydra composes
+register_schemas()  # conf/search starts from its schema in Hydra's ConfigStore
 # The configs inside the package: in a checkout a link to the top-level conf/ (where users read and
 # edit them), in an installed wheel a copy of it (package data), so both find them the same way.
 CONF_DIR = Path(__file__).parent / "conf"
@@ -66,6 +73,8 @@ def validate(cfg: DictConfig) -> None:
     default_root = OmegaConf.select(cfg, "paths.data_dir")
     if root is not None and str(root) != str(default_root) and not Path(str(root)).expanduser().is_dir():
         raise ConfigError(f"dataset.root={root} does not exist; accepted: an existing folder (or leave it unset to use {default_root})")
+    if "search" in cfg:
+        parse_settings(cfg.search)  # ranges and names the schema's types cannot say
     setting = OmegaConf.select(cfg, "setting.name")
     if "setting" in cfg and setting is None:
         raise ConfigError("setting.name is missing; accepted: natural, backdoor, adversarial")
@@ -80,7 +89,7 @@ def validate(cfg: DictConfig) -> None:
 
         detectors = build_detectors(OmegaConf.to_container(cfg.detector, resolve=True) if cfg.detector else {})
         threat_model = cfg.get("threat_model", "clean_data")
-        source = resolve_canvas_source(OmegaConf.select(cfg, "search.canvas_source"), threat_model)
+        source = resolve_canvas_source(OmegaConf.select(cfg, "search.canvas.source"), threat_model)
         poisoned = bool(OmegaConf.select(cfg, "setting.poisoner._target_"))  # classwise-search: checked on the checkpoint
         check_threat_model_data(detectors, threat_model, source, poisoned)
 
@@ -105,6 +114,10 @@ def check_group_choices(argv: list[str]) -> None:
     exiting 1. Skipped where the user adds config folders of their own (--config-dir, -cd,
     hydra.searchpath), whose options this cannot see; sweeps (`a,b`) have each option checked.
     """
+    try:
+        check_moved_overrides(argv)
+    except ConfigError as exc:
+        refuse(exc)
     for arg in argv:
         key, _, value = arg.lstrip("+~").partition("=")
         if key == "hydra/launcher" and value in LAUNCHER_PLUGINS:
@@ -128,6 +141,76 @@ def check_group_choices(argv: list[str]) -> None:
         for v in values:
             if v.strip() not in options:
                 refuse(f"{key}={v.strip()} is unknown; accepted: {', '.join(options)}")
+
+
+def check_composition(config_name: str, argv: list[str]) -> None:
+    """Compose the config as Hydra will and refuse, in one line, an override or schema it breaks.
+
+    A wrong key or type (`search.foo=1`, `search.steps=abc`, an experiment's YAML against the
+    `search` schema) fails when Hydra composes, with a message of several lines and exit 1; this
+    composes first and says it in one line (exit 2). A sweep (`a=1,2`) is composed with each of its
+    values (at most 8 of them), the others at their first value.
+    """
+    if any(a.startswith(("--config-dir", "-cd")) for a in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in argv if not a.startswith("-") and (a.startswith("hydra.searchpath") or not a.lstrip("+~").startswith("hydra"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception as exc:  # noqa: BLE001 - Hydra's parser errors are of several types
+        refuse(_first_lines(exc))
+    firsts, variants = [], []
+    for arg, override in zip(args, parsed, strict=True):
+        if not override.is_sweep_override():
+            firsts.append(arg)
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 - a sweep Hydra cannot expand here (e.g. glob): Hydra checks it
+            continue
+        key = arg.partition("=")[0]
+        firsts.append(f"{key}={values[0]}")
+        variants += [(len(firsts) - 1, f"{key}={v}") for v in values[1:]]
+    trials = [firsts] + [[*firsts[:i], v, *firsts[i + 1:]] for i, v in variants[:8]]
+    was_initialized = GlobalHydra.instance().is_initialized()
+    if was_initialized:
+        return  # inside a Hydra app (tests composing in-process): Hydra composes and reports
+    for overrides in trials:
+        try:
+            with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+                compose(config_name, overrides=overrides)
+        except Exception as exc:  # noqa: BLE001 - composition raises Hydra's and OmegaConf's errors
+            key = _full_key(exc)
+            moved = moved_key_error(key.split(".", 1)[1], None) if key.startswith("search.") and key.count(".") == 1 else None
+            refuse(moved or _first_lines(exc))
+
+
+def _full_key(exc: BaseException | None) -> str:
+    """The `full_key` an OmegaConf error behind `exc` names ("" if none)."""
+    for _ in range(4):
+        if exc is None:
+            break
+        key = getattr(exc, "full_key", None)
+        if key:
+            return str(key)
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
+def _first_lines(exc: BaseException) -> str:
+    """Hydra's error and its cause in one line, e.g. `Could not override 'search.foo': Key 'foo' is not in struct (search.foo)`."""
+    parts, seen = [], 0
+    while exc is not None and seen < 4:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        full_key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+        text = next((line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))), "")
+        if text and "$VALUE" not in text and not text.startswith("To append to your config use") and text not in parts:
+            parts.append(text + (f" ({full_key})" if full_key else ""))
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return ": ".join(parts) or "the config does not compose"
 
 
 def cli_errors(fn):

@@ -118,8 +118,9 @@ def callback_device(device: torch.device) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             module = ClassifierModule(build_classifier({"name": "small_cnn"}, dataset),
                                       optimizer=functools.partial(torch.optim.SGD, lr=0.01), num_classes=3)
-            callback = pattern_search.PatternSearch({"steps": 1, "batch_size": 4, "baselines": [], "canvas": "index",
-                                                     "canvas_max_candidates": 8, "eval_max_per_class": 8}, tmp)
+            callback = pattern_search.PatternSearch({"steps": 1, "batch_size": 4, "baselines": {"methods": []},
+                                                     "canvas": {"strategy": "index", "max_candidates": 8},
+                                                     "evaluation": {"max_per_class": 8}}, tmp)
             trainer = L.Trainer(accelerator=device.type, devices=1, max_epochs=1, limit_train_batches=2,
                                 limit_val_batches=1, logger=False, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])

@@ -21,12 +21,12 @@ from classwise.builders import (
     make_fabric,
     plain,
 )
-from classwise.config import check_group_choices, cli_errors, conf_dir, validate
+from classwise.config import check_composition, check_group_choices, cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible
 from classwise.models.external import load_model
 from classwise.models.loading import read_checkpoint
-from classwise.pipeline.search_step import run_pattern_search
+from classwise.pipeline.search_step import SearchJob, run_pattern_search
 from classwise.progress import quiet_libraries
 from classwise.ranks import Ranks
 from classwise.reporting.results import read_results, update_results
@@ -114,14 +114,12 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
             return None
         from classwise.pipeline.transfer import run_transfer
 
-        summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, cfg.search.get("eval_max_per_class"),
-                                            eval_ci=cfg.search.get("eval_ci"), seed=int(cfg.search.seed))}
+        summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, cfg.search.evaluation.max_per_class,
+                                            eval_ci=cfg.search.evaluation.ci, seed=int(cfg.search.seed))}
     else:
-        summary = run_pattern_search(
-            model, dm, cfg.search, output_dir, rank=rank, world_size=world, ranks=Ranks.of(fabric.strategy, world),
-            detector=plain(cfg.get("detector")), trigger=trigger, target_class=target, progress=rank == 0,
-            threat_model=cfg.get("threat_model", "clean_data"),
-        )
+        job = SearchJob.of(cfg.search, plain(cfg.get("detector")), cfg.get("threat_model", "clean_data"),
+                           trigger=trigger, target_class=target, progress=rank == 0)
+        summary = run_pattern_search(model, dm, job, output_dir, Ranks.of(fabric.strategy, world))
     if rank != 0:
         return None
     run = {"dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.get("name"), "seed": int(cfg.seed),
@@ -158,6 +156,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_group_choices(sys.argv[1:])
+    check_composition("search", sys.argv[1:])
     _main()
 
 

@@ -23,7 +23,7 @@ from classwise.builders import (
     plain,
 )
 from classwise.checkpoints import AtomicCheckpointIO, resume_meta
-from classwise.config import check_group_choices, cli_errors, conf_dir, validate
+from classwise.config import check_composition, check_group_choices, cli_errors, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
@@ -221,6 +221,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_group_choices(sys.argv[1:])
+    check_composition("train", sys.argv[1:])
     _main()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -9,8 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from classwise.pipeline.search_step import run_pattern_search
-from classwise.pipeline.settings import parse_settings
+from classwise.pipeline.search_step import SearchJob, run_pattern_search
 from classwise.ranks import Ranks
 
 
@@ -20,13 +20,12 @@ class PatternSearch(Callback):
     def __init__(self, search: dict[str, Any] | DictConfig, output_dir: str, enabled: bool = True,
                  detector: dict[str, Any] | DictConfig | None = None, threat_model: str = "clean_data"):
         super().__init__()
-        self.settings = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else dict(search)
-        self.settings.pop("enabled", None)
-        parse_settings(self.settings)  # fail on a bad config before training, not after it
+        if isinstance(detector, DictConfig):
+            detector = OmegaConf.to_container(detector, resolve=True)
+        # Built and validated here: a bad config fails before training, not after it.
+        self.job = SearchJob.of(search, detector, threat_model)
         self.output_dir = output_dir
         self.enabled = enabled
-        self.detector = OmegaConf.to_container(detector, resolve=True) if isinstance(detector, DictConfig) else (detector or {})
-        self.threat_model = threat_model
         self.summary: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -37,18 +36,11 @@ class PatternSearch(Callback):
         # The default layout too: a fit resumed from a finished checkpoint skips on_train_end, which
         # would have undone `module.channels_last`, and a layout changes the search's last bits.
         pl_module.to(trainer.strategy.root_device, memory_format=torch.contiguous_format)
-        world = trainer.world_size
-        ranks = Ranks.of(trainer.strategy, world)
+        ranks = Ranks.of(trainer.strategy, trainer.world_size)
         poisoner = getattr(trainer.datamodule, "poisoner", None)
+        job = replace(self.job, trigger=getattr(poisoner, "trigger", None), target_class=getattr(poisoner, "target_class", None),
+                      progress=trainer.global_rank == 0)
         # Rank 0 alone writes outputs and runs detection: the others wait at the end of this block,
         # under the configured collective timeout, and raise with rank 0 when it fails.
         with ranks.together("pattern search"):
-            self.summary = run_pattern_search(
-                pl_module.model, trainer.datamodule, self.settings, self.output_dir,
-                rank=trainer.global_rank, world_size=world, ranks=ranks,
-                logger=trainer.logger if trainer.global_rank == 0 else None,
-                detector=self.detector,
-                trigger=getattr(poisoner, "trigger", None),
-                target_class=getattr(poisoner, "target_class", None),
-                threat_model=self.threat_model,
-            )
+            self.summary = run_pattern_search(pl_module.model, trainer.datamodule, job, self.output_dir, ranks=ranks)

@@ -1,7 +1,7 @@
 """The class-wise pattern method in plain PyTorch (no Lightning, no Hydra): callable from a notebook."""
 
 from classwise.patterns.canvas import CanvasConfig, CanvasPool
-from classwise.patterns.classwise import ClassPattern, classwise_patterns
+from classwise.patterns.classwise import ClassPattern, SearchData, classwise_patterns
 from classwise.patterns.evaluate import attack_success_rates, predict
 from classwise.patterns.search import (
     PatternResult,
@@ -10,8 +10,10 @@ from classwise.patterns.search import (
     search_patterns,
     top_pixels,
 )
+from classwise.patterns.settings import BaselinesConfig, EvalConfig, SearchSettings
 
 __all__ = [
-    "CanvasConfig", "CanvasPool", "ClassPattern", "PatternResult", "SearchConfig",
+    "BaselinesConfig", "CanvasConfig", "CanvasPool", "ClassPattern", "EvalConfig", "PatternResult", "SearchConfig",
+    "SearchData", "SearchSettings",
     "attack_success_rates", "classwise_patterns", "paste", "predict", "search_patterns", "top_pixels",
 ]

@@ -27,14 +27,14 @@ def check_baselines(names) -> list[str]:
     names = list(names or [])
     for n in names:
         if n not in BASELINES:
-            raise ConfigError(f"search.baselines has {n!r}; accepted: {', '.join(BASELINES)}")
+            raise ConfigError(f"search.baselines.methods has {n!r}; accepted: {', '.join(BASELINES)}")
     return names
 
 
 def last_conv(model: nn.Module) -> nn.Module:
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ConfigError("search.baselines=[gradcam] needs a model with a Conv2d layer")
+        raise ConfigError("search.baselines.methods=[gradcam] needs a model with a Conv2d layer")
     return convs[-1]
 
 
@@ -75,7 +75,7 @@ def top_k_of_map(attr: torch.Tensor, ratio: float) -> torch.Tensor:
     return out.view(k_count, 1, h, w)
 
 
-@dataclass(frozen=True)
+@dataclass
 class UAPConfig:
     """A targeted universal perturbation per class, L-infinity `eps`, signed-gradient steps."""
 
@@ -128,7 +128,7 @@ def top_k_of_perturbation(delta: torch.Tensor, ratio: float) -> torch.Tensor:
     return top_k_of_map(delta.abs().sum(1), ratio)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PatchConfig:
     """A universal patch per class and ratio: k pixels, values free in [0, 1] (see `universal_patches`)."""
 
@@ -142,9 +142,9 @@ class PatchConfig:
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "lr"):
             if getattr(self, key) <= 0:
-                raise ConfigError(f"search.patch_{key}={getattr(self, key)} must be positive")
+                raise ConfigError(f"universal_patch.{key}={getattr(self, key)} must be positive")
         if self.finetune_steps < 0:
-            raise ConfigError(f"search.patch_finetune_steps={self.finetune_steps} must be 0 or more")
+            raise ConfigError(f"universal_patch.finetune_steps={self.finetune_steps} must be 0 or more")
 
 
 def universal_patches(

@@ -15,7 +15,7 @@ STRATEGIES = ("index", "most_confident", "best_of_k")
 SOURCES = ("train", "search")
 
 
-@dataclass(frozen=True)
+@dataclass
 class CanvasConfig:
     """`strategy`: index | most_confident | best_of_k; `source`: train | search (where candidates come from;
     None: as the threat model says, see `pipeline.detection_step.resolve_canvas_source`)."""
@@ -28,13 +28,13 @@ class CanvasConfig:
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ConfigError(f"search.canvas={self.strategy!r} is unknown; accepted: {', '.join(STRATEGIES)}")
+            raise ConfigError(f"search.canvas.strategy={self.strategy!r} is unknown; accepted: {', '.join(STRATEGIES)}")
         if self.source is not None and self.source not in SOURCES:
-            raise ConfigError(f"search.canvas_source={self.source!r} is unknown; accepted: {', '.join(SOURCES)}")
+            raise ConfigError(f"search.canvas.source={self.source!r} is unknown; accepted: {', '.join(SOURCES)}")
         if self.index < 0:
-            raise ConfigError(f"search.canvas_index={self.index} must be >= 0")
+            raise ConfigError(f"search.canvas.index={self.index} must be >= 0")
         if self.k < 1 or self.max_candidates < 1:
-            raise ConfigError(f"search.canvas_k={self.k} and search.canvas_max_candidates={self.max_candidates} must be >= 1")
+            raise ConfigError(f"search.canvas.k={self.k} and search.canvas.max_candidates={self.max_candidates} must be >= 1")
 
 
 @dataclass
@@ -55,11 +55,11 @@ def check_canvas_index(pool: CanvasPool, targets: list[int], cfg: CanvasConfig) 
     for t in targets:
         n = int((pool.labels == t).sum())
         if n == 0:
-            raise ConfigError(f"search.canvas_source={pool.split} has no image of class {t}; accepted: a source holding every searched class")
+            raise ConfigError(f"search.canvas.source={pool.split} has no image of class {t}; accepted: a source holding every searched class")
         if cfg.strategy == "index" and cfg.index >= n:
             raise ConfigError(
-                f"search.canvas_index={cfg.index} is outside class {t}, which has {n} images in "
-                f"search.canvas_source={pool.split}; accepted: 0..{n - 1}"
+                f"search.canvas.index={cfg.index} is outside class {t}, which has {n} images in "
+                f"search.canvas.source={pool.split}; accepted: 0..{n - 1}"
             )
 
 

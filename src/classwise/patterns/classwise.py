@@ -11,17 +11,13 @@ from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.patterns.baselines import (
-    PatchConfig,
-    UAPConfig,
     attribution_map,
-    check_baselines,
     targeted_uaps,
     top_k_of_map,
     top_k_of_perturbation,
     universal_patches,
 )
 from classwise.patterns.canvas import (
-    CanvasConfig,
     CanvasPool,
     check_canvas_index,
     choose_candidates,
@@ -31,20 +27,18 @@ from classwise.patterns.evaluate import (
     Rates,
     attack_success_rates,
     attack_successes,
-    base_rates,
     held_out_base_rates,
     random_pixels,
 )
 from classwise.patterns.search import (
-    SearchConfig,
     mask_pixels,
     pattern_pixel_count,
     search_patterns,
     stream_seed,
     tie_counts,
     top_pixels,
-    validate_ratios,
 )
+from classwise.patterns.settings import SearchSettings
 from classwise.timing import PhaseTimer
 
 CANDIDATE_STRIDE = 1024  # stream key of candidate j of class t: t * CANDIDATE_STRIDE + j
@@ -79,42 +73,43 @@ def check_targets(targets: Sequence[int], num_classes: int) -> list[int]:
     return targets
 
 
+@dataclass
+class SearchData:
+    """What a search reads: where canvases come from, the search pool and the held-out eval split.
+
+    search_set / eval_set: (images [N, C, H, W], labels [N]); they must be disjoint, which the
+    datamodule guarantees; their images may be uint8 (converted per batch).
+    """
+
+    num_classes: int
+    canvas_pool: CanvasPool
+    search_set: tuple[torch.Tensor, torch.Tensor]
+    eval_set: tuple[torch.Tensor, torch.Tensor]
+
+
 def classwise_patterns(
     model: nn.Module,
     targets: Sequence[int],
-    num_classes: int,
-    canvas_pool: CanvasPool,
-    search_set: tuple[torch.Tensor, torch.Tensor],
-    eval_set: tuple[torch.Tensor, torch.Tensor],
-    ratios: Sequence[float] = (0.05,),
-    search_cfg: SearchConfig | None = None,
-    canvas_cfg: CanvasConfig | None = None,
+    data: SearchData,
+    settings: SearchSettings | None = None,
     progress: bool = True,
-    eval_predictions: torch.Tensor | None = None,
-    baselines: Sequence[str] = ("random",),
-    uap_cfg: UAPConfig | None = None,
-    patch_cfg: PatchConfig | None = None,
-    eval_forward: int | None = None,
-    eval_ci: float | None = None,
     timer: PhaseTimer | None = None,
 ) -> list[ClassPattern]:
     """Search and evaluate the patterns of `targets` (any subset of classes: a rank's shard).
 
-    search_set / eval_set: (images [N, C, H, W], labels [N]); they must be disjoint, which the
-    datamodule guarantees; their images may be uint8 (converted per batch). `eval_forward`: images
-    per evaluation pass (null: from the device's memory). Everything random is keyed by (search_cfg.seed, class), so the result for
-    a class does not depend on which other classes share the call.
-
-    eval_ci: stop evaluating each pattern and baseline at the first look whose interval is at most
-    +-eval_ci wide (a seeded random order of the eval split; None: the whole split). `timer`
-    receives the seconds of each phase (canvas, search, evaluation, baselines.<name>).
+    Everything random is keyed by (settings.seed, class), so the result for a class does not depend
+    on which other classes share the call. Each pattern and baseline is evaluated held out until its
+    interval is at most +-settings.evaluation.ci wide (a seeded random order of the eval split; None:
+    the whole split). `timer` receives the seconds of each phase (canvas, search, evaluation,
+    baselines.<name>).
     """
     timer = timer or PhaseTimer()
-    search_cfg = search_cfg or SearchConfig()
-    canvas_cfg = canvas_cfg or CanvasConfig()
-    ratios = validate_ratios(ratios)
-    baselines = check_baselines(baselines)
-    targets = check_targets(targets, num_classes)
+    settings = settings or SearchSettings()
+    search_cfg, canvas_cfg, ratios = settings, settings.canvas, settings.pattern_ratios
+    baselines = settings.baselines.methods
+    eval_forward, eval_ci = settings.evaluation.forward, settings.evaluation.ci
+    canvas_pool, search_set, eval_set = data.canvas_pool, data.search_set, data.eval_set
+    targets = check_targets(targets, data.num_classes)
     check_canvas_index(canvas_pool, targets, canvas_cfg)
     if not targets:
         return []
@@ -179,10 +174,8 @@ def classwise_patterns(
 
     with timer("evaluation"):
         asr = held_out(canv, torch.stack([top_pixels(masks, r, scores) for r in ratios], 1))  # [K, R]
-        if eval_predictions is None:  # sequential like the patterns: same order, same stopping rule
-            base = held_out_base_rates(model, eval_x, eval_y, tgt, eval_ci, order_seed, eval_forward)  # [K]
-        else:
-            base = base_rates(eval_predictions, eval_y, tgt)  # [K]
+        # sequential like the patterns: same order, same stopping rule
+        base = held_out_base_rates(model, eval_x, eval_y, tgt, eval_ci, order_seed, eval_forward)  # [K]
     baseline_rates: dict[str, Rates] = {}  # name -> [K, R]
     if "random" in baselines:
         with timer("baselines.random"):
@@ -198,7 +191,7 @@ def classwise_patterns(
                 baseline_rates[method] = held_out(canv, torch.stack([top_k_of_map(attr, r) for r in ratios], 1), what=method)
     if "uap" in baselines:
         with timer("baselines.uap"):
-            deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress,
+            deltas = targeted_uaps(model, targets, search_x, search_y, settings.baselines.uap, progress,
                                    search_cfg.max_forward)
             full = torch.ones(k_count, 1, 1, h, w, dtype=torch.bool)
             topk = torch.stack([top_k_of_perturbation(deltas, r) for r in ratios], 1)  # [K, R, 1, H, W]
@@ -208,7 +201,7 @@ def classwise_patterns(
             baseline_rates["uap_dense"] = Rates(uap.hits[:, :1].expand(-1, r_count), uap.n[:, :1].expand(-1, r_count))
     if "universal_patch" in baselines:
         with timer("baselines.universal_patch"):
-            patch_cfg = patch_cfg or PatchConfig(alpha=search_cfg.alpha, seed=search_cfg.seed)
+            patch_cfg = settings.baselines.universal_patch
             values, patch_pix = universal_patches(model, targets, ratios, search_x, search_y, patch_cfg, progress,
                                                   search_cfg.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
             baseline_rates["universal_patch"] = attack_successes(

@@ -16,12 +16,15 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from classwise.errors import ConfigError
+
+if TYPE_CHECKING:
+    from classwise.patterns.classwise import ClassPattern
 
 THREAT_MODELS = ("clean_data", "training_data")
 FLOOR = 0.01  # rates enter the logit clamped to [FLOOR, 1 - FLOOR]: a class at 0 / 300 is not 100x "harder" than one at 3 / 300
@@ -43,6 +46,7 @@ class DetectionData:
     clean: tuple[torch.Tensor, torch.Tensor]  # images [N, C, H, W], labels [N]
     held_out: tuple[torch.Tensor, torch.Tensor]
     num_classes: int
+    class_names: list[str] | None = None
     threat_model: str = "clean_data"
     canvas_poisoned: bool = False
     seed: int = 0
@@ -84,7 +88,8 @@ class Detector:
         keys = [k for k in shares[0] if k != "seconds"]
         return {**{k: [v for s in shares for v in s[k]] for k in keys}, "seconds": max(s["seconds"] for s in shares)}
 
-    def decide(self, measured: dict[str, Any] | None, records: list[dict[str, Any]], data: DetectionData) -> dict[str, Any]:
+    def decide(self, measured: dict[str, Any] | None, records: list[ClassPattern], data: DetectionData) -> dict[str, Any]:
+        """The verdict block from `measure`'s result (joined over ranks) and the searched patterns."""
         raise NotImplementedError
 
 
@@ -262,7 +267,7 @@ class PatternDetector(Detector):
     def decide(self, measured, records, data) -> dict[str, Any]:
         from classwise.patterns.detection import pattern_detection
 
-        ratios = [b["pattern_ratio"] for b in records[0]["by_ratio"]] if records else []
+        ratios = [b["pattern_ratio"] for b in records[0].by_ratio] if records else []
         gate_ratio = self.gate_ratio if self.gate_ratio is not None else (max(ratios) if ratios else None)
         if records and gate_ratio not in ratios:
             raise ConfigError(f"detector.patterns.gate_ratio={gate_ratio} is not searched; accepted: one of "
@@ -271,13 +276,13 @@ class PatternDetector(Detector):
         if data.canvas_poisoned and data.threat_model == "clean_data":
             return verdict_block(self.name, data, "abstained",
                                  "the patterns' canvases come from the poisoned training set, which threat_model=clean_data "
-                                 "forbids a detector to read (search.canvas_source=search, or threat_model=training_data)", None)
+                                 "forbids a detector to read (search.canvas.source=search, or threat_model=training_data)", None)
         if len(records) < 3:
             return verdict_block(self.name, data, "abstained", f"{len(records)} classes searched; the anomaly index needs 3 or more",
                                  None)
-        gate_asr = [next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == gate_ratio) for r in records]
-        block = pattern_detection([float(r["mask"].sum()) for r in records], gate_asr,
-                                  [r["class_index"] for r in records], self.asr_gate, gate_ratio, self.threshold)
+        gate_asr = [next(b["asr"] for b in r.by_ratio if b["pattern_ratio"] == gate_ratio) for r in records]
+        block = pattern_detection([r.mask_l1 for r in records], gate_asr,
+                                  [r.class_index for r in records], self.asr_gate, gate_ratio, self.threshold)
         block["seconds"] = round(time.perf_counter() - start, 4)
         if block["median"] is None:
             return verdict_block(self.name, data, "abstained",

@@ -19,7 +19,7 @@ UPDATES = ("sign", "adam")
 PRECISIONS = ("32", "bf16")
 
 
-@dataclass(frozen=True)
+@dataclass
 class SearchConfig:
     """How masks are optimised. The defaults are the authors' values (the `paper` preset)."""
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from classwise.errors import ConfigError
 from classwise.patterns.detectors import DetectionData, Detector, check_threat_model
-from classwise.patterns.search import mask_pixels
 from classwise.reporting.results import update_results
 from classwise.timing import PhaseTimer
+
+if TYPE_CHECKING:
+    from classwise.patterns.classwise import ClassPattern
+    from classwise.pipeline.search_step import SearchJob
 
 
 def build_detectors(detector_cfg: dict[str, Any] | None) -> list[Detector]:
@@ -40,7 +43,7 @@ def build_detectors(detector_cfg: dict[str, Any] | None) -> list[Detector]:
 
 
 def resolve_canvas_source(source: str | None, threat_model: str) -> str:
-    """`search.canvas_source`, null meaning: the clean search split under clean_data, the training set under training_data."""
+    """`search.canvas.source`, null meaning: the clean search split under clean_data, the training set under training_data."""
     return source if source is not None else ("search" if check_threat_model(threat_model) == "clean_data" else "train")
 
 
@@ -50,48 +53,44 @@ def check_threat_model_data(detectors: list[Detector], threat_model: str, canvas
     readers = [d.name for d in detectors if d.reads_patterns]
     if threat_model == "clean_data" and canvas_source == "train" and poisoned and readers:
         raise ConfigError(
-            f"search.canvas_source=train draws canvases from the poisoned training set, which threat_model=clean_data "
-            f"forbids detector {readers[0]!r} to read; accepted: search.canvas_source=search, threat_model=training_data, "
+            f"search.canvas.source=train draws canvases from the poisoned training set, which threat_model=clean_data "
+            f"forbids detector {readers[0]!r} to read; accepted: search.canvas.source=search, threat_model=training_data, "
             "or detector=universal_patch (training canvases for the figures only)")
 
 
-def run_detection(detectors: list[Detector], measured: dict[str, Any], model, dm, records: list[dict[str, Any]],
-                  data: DetectionData, run_dir: Path, trigger=None, target_class: int | None = None,
-                  timer: PhaseTimer | None = None) -> dict[str, Any]:
+def run_detection(job: SearchJob, measured: dict[str, Any], patterns: list[ClassPattern], data: DetectionData,
+                  run_dir: Path, timer: PhaseTimer | None = None) -> dict[str, Any]:
     """Every detector's verdict over all searched classes: results.json `detectors.<name>`, and `detection` (the
     first detector's block, the run's verdict); the trigger figure on a backdoored run."""
     timer = timer or PhaseTimer()
-    if not detectors:  # every results.json has a verdict: here, that none was asked for
+    names = data.class_names or [str(c) for c in range(data.num_classes)]
+    if not job.detectors:  # every results.json has a verdict: here, that none was asked for
         block = {"detector": None, "verdict": "abstained", "reason": "no detector ran (detector=none)", "score": None,
                  "probability": None, "predicted_target": None, "predicted_name": None, "threat_model": data.threat_model}
         update_results(run_dir, detection=block, detectors={})
-        print(describe_verdict({**block, "detector": "none"}, dm.classes))
+        print(describe_verdict({**block, "detector": "none"}, names))
         return {"detection": block, "detectors": {}}
     blocks: dict[str, dict[str, Any]] = {}
-    for det in detectors:
+    for det in job.detectors:
         with timer(f"detector.{det.name}"):
-            block = det.decide(measured.get(det.name), records, data)
+            block = det.decide(measured.get(det.name), patterns, data)
         block.setdefault("seconds", None)
         target = block.get("predicted_target")
-        block["predicted_name"] = dm.classes[target] if target is not None else None
+        block["predicted_name"] = names[target] if target is not None else None
         blocks[det.name] = block
-    ratios = [b["pattern_ratio"] for b in records[0]["by_ratio"]] if records else []
-    classes = [r["class_index"] for r in records]
-    if trigger is not None and target_class is not None and target_class in classes:
-        rec = records[classes.index(target_class)]
-        overlap = {}
-        for r in ratios:
-            pix = mask_pixels(rec["mask"], r, rec.get("score"))
-            overlap[str(r)] = float((pix & trigger.region).sum() / pix.sum())
+    target = next((p for p in patterns if p.class_index == job.target_class), None)
+    if job.trigger is not None and target is not None:
+        ratios = [b["pattern_ratio"] for b in target.by_ratio]
+        overlap = {str(r): float((target.pixels(r) & job.trigger.region).sum() / target.pixels(r).sum()) for r in ratios}
         for block in blocks.values():
-            block["true_target"] = target_class
+            block["true_target"] = job.target_class
         if "patterns" in blocks:
             blocks["patterns"]["target_pixels_on_trigger"] = overlap
-        _trigger_figure(trigger, rec, dm.classes[target_class], ratios, run_dir / "patterns" / "trigger_vs_pattern.png")
-    sections = {"detection": blocks[detectors[0].name], "detectors": blocks}
+        _trigger_figure(job.trigger, target, names[job.target_class], min(ratios), run_dir / "patterns" / "trigger_vs_pattern.png")
+    sections = {"detection": blocks[job.detectors[0].name], "detectors": blocks}
     update_results(run_dir, **sections)
     for block in blocks.values():
-        print(describe_verdict(block, dm.classes))
+        print(describe_verdict(block, names))
     return sections
 
 
@@ -113,15 +112,14 @@ def _named(classes: list[int | None], names: list[str]) -> str:
     return ", ".join(shown) or "none"
 
 
-def _trigger_figure(trigger, record: dict, name: str, ratios: list[float], path: Path) -> None:
+def _trigger_figure(trigger, pattern: ClassPattern, name: str, ratio: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from classwise.reporting.figures import _show, pattern_on_gray, save_figure
 
-    ratio = min(ratios)
     fig, axes = plt.subplots(1, 4, figsize=(7.2, 2.2))
     _show(axes[0], trigger.example(), f"true trigger ({trigger.name})")
-    _show(axes[1], record["canvas"], f"{name}: canvas")
-    _show(axes[2], record["mask"], "mask", cmap="magma")
-    _show(axes[3], pattern_on_gray(record["canvas"], mask_pixels(record["mask"], ratio, record.get("score"))), f"pattern at {ratio:.0%}")
+    _show(axes[1], pattern.canvas, f"{name}: canvas")
+    _show(axes[2], pattern.mask, "mask", cmap="magma")
+    _show(axes[3], pattern_on_gray(pattern.canvas, pattern.pixels(ratio)), f"pattern at {ratio:.0%}")
     save_figure(fig, path)

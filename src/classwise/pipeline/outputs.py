@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,63 +10,84 @@ import torch
 from safetensors.torch import save_file
 
 from classwise.intervals import mean_interval
+from classwise.patterns.classwise import ClassPattern
 from classwise.patterns.evaluate import predict
-from classwise.patterns.search import as_float, mask_pixels, paste
+from classwise.patterns.search import as_float, paste
+from classwise.patterns.settings import SearchSettings
 from classwise.patterns.shape import add_shape_stats
 from classwise.reporting.figures import pattern_rows
 from classwise.reporting.results import update_results
 
 
-def save_outputs(model, dm, records, ratios, search_cfg, canvas_cfg, other, seconds, world_size, pool_size, eval_set,
-          run_dir: Path, logger) -> dict[str, Any]:
+@dataclass
+class SearchRun:
+    """What a search step found, before it is written: the patterns (sorted by class) and the facts of the run."""
+
+    patterns: list[ClassPattern]
+    seconds: float
+    world_size: int
+    pool_size: int
+    eval_set: tuple[torch.Tensor, torch.Tensor]
+
+
+def save_outputs(model, dm, run: SearchRun, settings: SearchSettings, run_dir: Path) -> dict[str, Any]:
+    """Masks, figures, results.json's `search` and `classes` sections, and the printed ASR table."""
     out = run_dir / "patterns"
     out.mkdir(parents=True, exist_ok=True)
-    save_file({f"class_{r['class_index']}": r["mask"].contiguous() for r in records}
-              | {f"canvas_{r['class_index']}": r["canvas"].contiguous() for r in records}
-              | {f"score_{r['class_index']}": r["score"].contiguous() for r in records if r.get("score") is not None}, str(out / "masks.safetensors"))
+    patterns, ratios = run.patterns, settings.pattern_ratios
+    save_file({f"class_{p.class_index}": p.mask.contiguous() for p in patterns}
+              | {f"canvas_{p.class_index}": p.canvas.contiguous() for p in patterns}
+              | {f"score_{p.class_index}": p.score.contiguous() for p in patterns if p.score is not None},
+              str(out / "masks.safetensors"))
     splits_file = dm.save_splits(run_dir / "splits.safetensors")
     names = dm.classes
     show_ratio = 0.05 if 0.05 in ratios else ratios[0]
-    eval_x, eval_y = eval_set
+    eval_x, eval_y = run.eval_set
     # One pasted example per class: the first eval image of another class.
     examples, pixels, preds = [], [], []
-    for r in records:
-        t = r["class_index"]
-        other_img = as_float(eval_x[(eval_y != t).nonzero().flatten()[0]])
-        pixels.append(mask_pixels(r["mask"], show_ratio, r.get("score")))
-        examples.append(paste(other_img.unsqueeze(0), r["canvas"], pixels[-1])[0])
+    for p in patterns:
+        other_img = as_float(eval_x[(eval_y != p.class_index).nonzero().flatten()[0]])
+        pixels.append(p.pixels(show_ratio))
+        examples.append(paste(other_img.unsqueeze(0), p.canvas, pixels[-1])[0])
     if examples:
         preds = predict(model, torch.stack(examples)).tolist()
     rows = []
-    for r, pix, ex, pred in zip(records, pixels, examples, preds, strict=True):
-        asr = next(b["asr"] for b in r["by_ratio"] if b["pattern_ratio"] == show_ratio)
-        row = {"name": names[r["class_index"]], "canvas": r["canvas"], "mask": r["mask"], "pixels": pix,
+    for p, pix, ex, pred in zip(patterns, pixels, examples, preds, strict=True):
+        asr = next(b["asr"] for b in p.by_ratio if b["pattern_ratio"] == show_ratio)
+        row = {"name": names[p.class_index], "canvas": p.canvas, "mask": p.mask, "pixels": pix,
                "example": ex, "asr": asr, "example_pred": names[pred]}
         rows.append(row)
-        pattern_rows([row], out / f"class_{r['class_index']:03d}.png")
+        pattern_rows([row], out / f"class_{p.class_index:03d}.png")
     if rows:
         pattern_rows(rows, out / "grid.png", title=f"class-wise patterns at {show_ratio:.0%} of the pixels")
     classes = [
-        {"class_index": r["class_index"], "class_name": names[r["class_index"]], "canvas_split": r["canvas_split"],
-         "canvas_index": r["canvas_index"], "mask_l1": float(r["mask"].sum()), "by_ratio": r["by_ratio"],
-         **({"candidates": r["candidates"]} if r["candidates"] else {})}
-        for r in records
+        {"class_index": p.class_index, "class_name": names[p.class_index], "canvas_split": p.canvas_split,
+         "canvas_index": p.canvas_index, "mask_l1": p.mask_l1, "by_ratio": p.by_ratio,
+         **({"candidates": p.candidates} if p.candidates else {})}
+        for p in patterns
     ]
-    add_shape_stats(classes, {r["class_index"]: r["mask"] for r in records},  # claim 4's "simpler", per run
-                    {r["class_index"]: r["score"] for r in records if r.get("score") is not None})
-    search = {
-        "preset": other["preset"], "update": search_cfg.update, "step_size": search_cfg.step_size,
-        "alpha": search_cfg.alpha, "batch_size": search_cfg.batch_size, "seed": search_cfg.seed,
-        "canvas": canvas_cfg.strategy, "canvas_source": canvas_cfg.source, "pattern_ratios": ratios,
-        "baselines": other["baselines"], **({"uap_eps": other["uap"].eps} if "uap" in other["baselines"] else {}),
-        **({"universal_patch": vars(other["patch"])} if "universal_patch" in other["baselines"] else {}),
-        "pool_size": pool_size, "eval_size": len(eval_y), "seconds": round(seconds, 2), "world_size": world_size,
-        "splits_file": str(splits_file.relative_to(run_dir)), "masks_file": "patterns/masks.safetensors",
-        "figure": "patterns/grid.png",
-    }
+    add_shape_stats(classes, {p.class_index: p.mask for p in patterns},  # claim 4's "simpler", per run
+                    {p.class_index: p.score for p in patterns if p.score is not None})
+    search = search_block(settings, run, str(splits_file.relative_to(run_dir)))
     update_results(run_dir, search=search, classes=classes)
     print(format_table(classes, ratios))
     return {"search": search, "classes": classes}
+
+
+def search_block(settings: SearchSettings, run: SearchRun, splits_file: str) -> dict[str, Any]:
+    """results.json's `search` section (its field names are the report's; docs/results-json.md)."""
+    methods = settings.baselines.methods
+    return {
+        "preset": settings.preset, "update": settings.update, "step_size": settings.step_size,
+        "alpha": settings.alpha, "batch_size": settings.batch_size, "seed": settings.seed,
+        "canvas": settings.canvas.strategy, "canvas_source": settings.canvas.source,
+        "pattern_ratios": settings.pattern_ratios, "baselines": methods,
+        **({"uap_eps": settings.baselines.uap.eps} if "uap" in methods else {}),
+        **({"universal_patch": asdict(settings.baselines.universal_patch)} if "universal_patch" in methods else {}),
+        "pool_size": run.pool_size, "eval_size": len(run.eval_set[1]), "seconds": round(run.seconds, 2),
+        "world_size": run.world_size, "splits_file": splits_file, "masks_file": "patterns/masks.safetensors",
+        "figure": "patterns/grid.png",
+    }
 
 
 def _baseline_order(name: str) -> int:

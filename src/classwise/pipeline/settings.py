@@ -1,49 +1,99 @@
-"""The flat `search` config split into the algorithm's dataclasses, validated before any compute."""
+"""The `search` group's schema in Hydra's ConfigStore, and its YAML or dict made one validated record."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from classwise.errors import ConfigError
-from classwise.patterns.canvas import CanvasConfig
-from classwise.patterns.search import SearchConfig, validate_ratios
+from classwise.patterns.settings import SearchSettings
 
-SEARCH_KEYS = {f for f in SearchConfig.__dataclass_fields__}
-CANVAS_KEYS = {"canvas": "strategy", "canvas_source": "source", "canvas_index": "index", "canvas_k": "k",
-               "canvas_max_candidates": "max_candidates"}
-OTHER_KEYS = {"preset", "pattern_ratios", "classes", "eval_max_per_class", "eval_ci", "enabled", "baselines", "uap_eps",
-              "uap_steps", "uap_batch_size", "eval_forward", "patch_steps", "patch_finetune_steps", "patch_batch_size"}
-MOVED_KEYS = {"detection_asr_gate": "detector.patterns.asr_gate", "detection_gate_ratio": "detector.patterns.gate_ratio"}
+# Keys of the flat `search` block that moved when it was nested by concern: old -> new (under `search.`
+# unless it names another group).
+MOVED_KEYS = {
+    "canvas_source": "search.canvas.source", "canvas_index": "search.canvas.index", "canvas_k": "search.canvas.k",
+    "canvas_max_candidates": "search.canvas.max_candidates",
+    "eval_max_per_class": "search.evaluation.max_per_class", "eval_ci": "search.evaluation.ci",
+    "eval_forward": "search.evaluation.forward",
+    "uap_eps": "search.baselines.uap.eps", "uap_steps": "search.baselines.uap.steps",
+    "uap_batch_size": "search.baselines.uap.batch_size",
+    "patch_steps": "search.baselines.universal_patch.steps",
+    "patch_finetune_steps": "search.baselines.universal_patch.finetune_steps",
+    "patch_batch_size": "search.baselines.universal_patch.batch_size",
+    "detection_asr_gate": "detector.patterns.asr_gate", "detection_gate_ratio": "detector.patterns.gate_ratio",
+}
+# Keys that were a value and are a block now: `search.canvas.strategy=best_of_k`, `search.baselines.methods=[random]`.
+BECAME_BLOCKS = {"canvas": "search.canvas.strategy", "baselines": "search.baselines.methods"}
 
 
-def parse_settings(settings: dict[str, Any] | DictConfig) -> tuple[SearchConfig, CanvasConfig, dict[str, Any]]:
-    """Split the flat `search` config into the algorithm's dataclasses; unknown keys are an error."""
-    if isinstance(settings, DictConfig):
-        settings = OmegaConf.to_container(settings, resolve=True)
-    settings = dict(settings)
-    unknown = set(settings) - SEARCH_KEYS - set(CANVAS_KEYS) - OTHER_KEYS
-    moved = sorted(unknown & set(MOVED_KEYS))
-    if moved:
-        raise ConfigError(f"search.{moved[0]} has moved; accepted: {MOVED_KEYS[moved[0]]}")
-    if unknown:
-        accepted = ", ".join(sorted(SEARCH_KEYS | set(CANVAS_KEYS) | OTHER_KEYS))
-        raise ConfigError(f"search.{sorted(unknown)[0]} is not a search setting; accepted: {accepted}")
-    search_cfg = SearchConfig(**{k: v for k, v in settings.items() if k in SEARCH_KEYS})
-    canvas_cfg = CanvasConfig(**{CANVAS_KEYS[k]: v for k, v in settings.items() if k in CANVAS_KEYS})
-    other = {k: settings.get(k) for k in OTHER_KEYS}
-    other["pattern_ratios"] = validate_ratios(other["pattern_ratios"] or [0.05])
-    from classwise.patterns.baselines import PatchConfig, UAPConfig, check_baselines
+def schema() -> DictConfig:
+    """SearchSettings as an OmegaConf schema, the baselines' seed and alpha following the search's unless set."""
+    node = OmegaConf.structured(SearchSettings)
+    node.baselines.uap.seed = "${...seed}"
+    node.baselines.universal_patch.seed = "${...seed}"
+    node.baselines.universal_patch.alpha = "${...alpha}"
+    return node
 
-    other["baselines"] = check_baselines(["random"] if other["baselines"] is None else other["baselines"])
-    uap = {k: other[f"uap_{k}"] for k in ("eps", "steps", "batch_size") if other.get(f"uap_{k}") is not None}
-    other["uap"] = UAPConfig(**uap, seed=search_cfg.seed)
-    patch = {k: other[f"patch_{k}"] for k in ("steps", "finetune_steps", "batch_size") if other.get(f"patch_{k}") is not None}
-    other["patch"] = PatchConfig(**patch, alpha=search_cfg.alpha, seed=search_cfg.seed)
-    if other["uap"].eps <= 0 or other["uap"].steps < 1:
-        raise ConfigError(f"search.uap_eps={other['uap'].eps} and search.uap_steps={other['uap'].steps} must be positive")
-    if other["eval_ci"] is not None and not 0 < other["eval_ci"] < 0.5:
-        raise ConfigError(f"search.eval_ci={other['eval_ci']} is not a half-width; accepted: a number in (0, 0.5), "
-                          "or null for the whole eval split")
-    return search_cfg, canvas_cfg, other
+
+def register_schemas() -> None:
+    """`search/schema` in Hydra's ConfigStore: conf/search/paper.yaml starts from it (its defaults list)."""
+    ConfigStore.instance().store(group="search", name="schema", node=schema())
+
+
+def moved_key_error(key: str, value: Any) -> ConfigError | None:
+    """The one-line refusal for a key of the old flat `search` block (None: not an old key)."""
+    if key in MOVED_KEYS:
+        return ConfigError(f"search.{key} has moved; accepted: {MOVED_KEYS[key]}")
+    if key in BECAME_BLOCKS and not isinstance(value, Mapping | DictConfig):
+        return ConfigError(f"search.{key} is a block now; accepted: {BECAME_BLOCKS[key]}={value_text(value)}")
+    return None
+
+
+def value_text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def check_moved_overrides(argv: list[str]) -> None:
+    """Refuse `search.<old key>=...` on a command line, naming the new key (before Hydra composes)."""
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        if not eq or not key.startswith("search.") or key.count(".") != 1:
+            continue
+        old = key.split(".", 1)[1]
+        looks_like_block = value.startswith("{")
+        error = moved_key_error(old, {} if looks_like_block else value)
+        if error is not None:
+            raise error
+
+
+def parse_settings(settings: SearchSettings | Mapping[str, Any] | DictConfig) -> SearchSettings:
+    """The `search` group's YAML (or a dict of the same shape) as one validated `SearchSettings`."""
+    if isinstance(settings, SearchSettings):
+        return settings
+    plain = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(settings)
+    for key, value in plain.items():
+        error = moved_key_error(key, value)
+        if error is not None:
+            raise error
+    try:
+        merged = OmegaConf.merge(schema(), plain)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(one_line(exc, "search")) from None
+
+
+def one_line(exc: BaseException, prefix: str) -> str:
+    """OmegaConf's multi-line error as one line: `search.foo: Key 'foo' not in 'SearchSettings'`."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    full_key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
+    where = f"{prefix}.{full_key}" if full_key else prefix
+    return f"{where}: {lines[0] if lines else type(exc).__name__}"
+
+
+register_schemas()
