@@ -56,12 +56,13 @@ claims: install data ## the paper's claims, 3 seeds on Fashion-MNIST (18 jobs + 
 	BIN=$(BIN) experiments/paper_claims_transfer.sh
 
 claims-report: install ## tables over seeds, claims.md, plots, gallery of the claims sweep
-	$(BIN)/classwise-report outputs/sweeps/paper_claims
+	$(BIN)/classwise-report outputs/sweeps/paper_claims $(if $(wildcard $(POPULATION_REPORT)),--population $(POPULATION_REPORT))
 	$(BIN)/python experiments/paper_claims_readme.py outputs/sweeps/paper_claims/report | tee outputs/sweeps/paper_claims/report/readme_tables.md
 
 DEV_MEMBERS ?= 24
+POPULATION_REPORT ?= outputs/detect_bench/report/test/detection_bench.json
 TEST_MEMBERS ?= 72
-SUBSET_MEMBERS ?= 20  # the patterns detector and Neural Cleanse (minutes a model) on members 0..19 of each
+SUBSET_MEMBERS ?= 24  # the patterns detector and Neural Cleanse (minutes a model) on members 0..23 of each (test: 12 clean, 10 installed)
 detect-population: install data ## train the detector benchmark's dev and test model populations (half clean, half random backdoors; resumable)
 	$(BIN)/classwise-train experiment=detect_population setting.population.name=dev 'setting.population.member=range(0,$(DEV_MEMBERS))'
 	$(BIN)/classwise-train experiment=detect_population setting.population.name=test 'setting.population.member=range(0,$(TEST_MEMBERS))'

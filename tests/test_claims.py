@@ -62,3 +62,37 @@ def test_a_backdoor_the_model_did_not_learn_is_left_out_of_claim_3_and_named():
     assert rows["3-badnets-small"].value.n == 2
     only_missed = {c.number: c for c in build_claims([missed])[0]}
     assert only_missed["3-badnets"].verdict == "inconclusive" and only_missed["3-badnets"].value is None
+
+
+def _member(i, backdoored, verdict, predicted, target=None, asr=0.99, family="badnets"):
+    return {"member": i, "backdoored": backdoored, "family": family if backdoored else None, "target": target,
+            "backdoor_asr": asr if backdoored else None, "universal_patch.verdict": verdict,
+            "universal_patch.predicted_target": predicted}
+
+
+def test_claims_3_and_5_read_from_a_detector_population():
+    """Claim 3: targets named among installed backdoors, against chance; claim 5: clean models flagged against 5%."""
+    from classwise.reporting.claims import claims_markdown, population_claims
+
+    clean = [_member(i, False, "clean", None) for i in range(0, 40, 2)]
+    clean[3] = _member(6, False, "backdoored", 8)  # one clean model flagged: 1/20, not above the 5% null
+    backdoors = [_member(i, True, "backdoored", i % 10, target=i % 10) for i in range(1, 40, 2)]
+    backdoors[0] = _member(1, True, "clean", None, target=1)
+    backdoors.append(_member(41, True, "clean", None, target=3, asr=0.5))  # not installed: not counted
+    summary = {"population": "test", "clean": 20, "backdoored_installed": 20, "members_detail": clean + backdoors}
+    rows = {c.number: c for c in population_claims(summary)}
+    three, five = rows["3-population-universal_patch"], rows["5-population-universal_patch"]
+    assert three.value.startswith("19/20") and three.verdict == "holds" and "badnets 19/20" in three.note
+    assert five.value.startswith("1/20") and five.verdict == "does not hold" and "8 x1" in five.note
+    # many clean models flagged: the natural-backdoor claim holds
+    flagged = [_member(i, False, "backdoored", 2) for i in range(10)] + [_member(i, False, "clean", None) for i in range(10)]
+    five = population_claims({"members_detail": flagged})[0]
+    assert five.number == "5-population-universal_patch" and five.verdict == "holds"
+    assert "From a population" in claims_markdown(list(rows.values()), 0)
+
+
+def test_report_refuses_a_population_file_that_is_not_there(tmp_path, capsys):
+    from classwise.report import main
+
+    assert main([str(tmp_path), "--population", str(tmp_path / "nope.json")]) == 2
+    assert "--population=" in capsys.readouterr().err

@@ -43,6 +43,8 @@ SIMPLER = ("connected components (8-neighbourhood) of the pattern's pixels at th
 # Claim 3 reads a backdoored run only where the trigger works (backdoor ASR >= this): a model that did
 # not learn its trigger has no planted pattern to find, and counting it would test nothing.
 INSTALLED = 0.5
+POPULATION_INSTALLED = 0.9  # the detector benchmark's own rule (reporting/detection_bench.INSTALLED)
+TARGET_FPR = 0.05
 WHOLE_IMAGE = 0.5  # a trigger on at least this share of the pixels (Blend, SIG) leaves "on the trigger" untestable
 
 
@@ -282,6 +284,62 @@ def build_claims(runs: Sequence[Run]) -> tuple[list[Claim], str]:
     return claims, ratio
 
 
+POPULATION_RULE = ("claim 3 from a population holds if the 95% Wilson interval of the share of installed backdoors "
+                   "whose target the detector names lies above chance (1 / classes), does not hold if it lies below; "
+                   "claim 5 from a population holds if the share of clean models flagged lies above the dev-chosen "
+                   f"false-positive rate ({TARGET_FPR:.0%}) by its interval, does not hold if the share is at or "
+                   "below it, inconclusive otherwise")
+
+
+def population_claims(summary: dict[str, Any], num_classes: int = 10) -> list[Claim]:
+    """Claims 3 and 5 read from a detector benchmark's population (`detection_bench.json`): per detector,
+    the backdoor target named among the installed backdoors (3), and clean models flagged against the
+    clean models' null, the threshold chosen on dev clean models (5)."""
+    from classwise.intervals import wilson_interval
+
+    detail = summary.get("members_detail") or []
+    names = sorted({k.split(".", 1)[0] for m in detail for k in m if k.endswith(".verdict")})
+    where = (f"population `{summary.get('population')}` ({summary.get('clean')} clean, "
+             f"{summary.get('backdoored_installed')} installed backdoors), threat model clean_data")
+    out: list[Claim] = []
+    for name in names:
+        scored = [m for m in detail if m.get(f"{name}.verdict") is not None]
+        installed = [m for m in scored if m["backdoored"] and (m.get("backdoor_asr") or 0) >= POPULATION_INSTALLED]
+        clean = [m for m in scored if not m["backdoored"]]
+        if installed:
+            hits = sum(m.get(f"{name}.predicted_target") == m.get("target") for m in installed)
+            lo, hi = wilson_interval(hits, len(installed))
+            chance = 1 / num_classes
+            verdict3 = "holds" if lo > chance else "does not hold" if hi < chance else "inconclusive"
+            families = Counter(m.get("family") for m in installed)
+            named = Counter(m.get("family") for m in installed if m.get(f"{name}.predicted_target") == m.get("target"))
+            note = ", ".join(f"{f} {named[f]}/{families[f]}" for f in sorted(families, key=str)) + f"; {where}"
+            out.append(Claim(f"3-population-{name}", "a backdoored model's target class is found (the planted pattern)",
+                             f"share of installed backdoors whose target {name} names [95% Wilson]",
+                             f"{hits}/{len(installed)} = {hits / len(installed):.2f} [{lo:.2f}, {hi:.2f}]", verdict3, note))
+        if clean:
+            flagged = [m for m in clean if m.get(f"{name}.verdict") == "backdoored"]
+            lo, hi = wilson_interval(len(flagged), len(clean))
+            share = len(flagged) / len(clean)
+            verdict5 = "holds" if lo > TARGET_FPR else "does not hold" if share <= TARGET_FPR else "inconclusive"
+            classes = Counter(m.get(f"{name}.predicted_target") for m in flagged)
+            note = ("flagged classes: " + ", ".join(f"{c} x{k}" for c, k in classes.most_common()) if flagged
+                    else "no clean model flagged") + f"; {where}"
+            out.append(Claim(f"5-population-{name}", "clean models have natural backdoors (flagged against the clean null)",
+                             f"share of clean models {name} calls backdoored [95% Wilson]",
+                             f"{len(flagged)}/{len(clean)} = {share:.2f} [{lo:.2f}, {hi:.2f}]", verdict5, note))
+    return out
+
+
+def read_population(path: str | Path | None) -> dict[str, Any] | None:
+    """A detector benchmark's summary (reporting/detection_bench: report/<population>/detection_bench.json), if there."""
+    import json
+
+    if path is None or not Path(path).is_file():
+        return None
+    return json.loads(Path(path).read_text())
+
+
 def claims_markdown(claims: Sequence[Claim], n_runs: int) -> str:
     lines = ["# Paper claims", "",
              f"From {n_runs} runs. Each value is a mean over seeds ± the half-width of its 95% Student-t "
@@ -292,6 +350,8 @@ def claims_markdown(claims: Sequence[Claim], n_runs: int) -> str:
              "a model that did not learn its trigger has no planted pattern to find; the runs left out are "
              "named in the note.", "",
              f"**Simpler** (claim 4b): {SIMPLER}.", "",
+             *([f"**From a population** (rows `3-population-*`, `5-population-*`): {POPULATION_RULE}.", ""]
+               if any("population" in c.number for c in claims) else []),
              "| # | claim | statistic | value | n | verdict | note |", "|---|---|---|---:|---:|---|---|"]
     for c in claims:
         value = c.value.pretty() if isinstance(c.value, Estimate) else (c.value or "")
@@ -301,8 +361,11 @@ def claims_markdown(claims: Sequence[Claim], n_runs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claims(runs: Sequence[Run], out: str | Path) -> Path:
+def write_claims(runs: Sequence[Run], out: str | Path, population: dict[str, Any] | None = None) -> Path:
+    """claims.md: the sweep's claims, then claims 3 and 5 from a detector benchmark's population where given."""
     claims, _ = build_claims(runs)
+    if population:
+        claims += population_claims(population)
     path = Path(out) / "claims.md"
     path.write_text(claims_markdown(claims, len(runs)))
     return path
