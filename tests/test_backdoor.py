@@ -11,7 +11,7 @@ from classwise.data.poisoning import Poisoner
 from classwise.data.sources import TensorImages
 from classwise.data.triggers import SIG, BadNets, Blend, Trojan
 from classwise.errors import ConfigError
-from classwise.patterns.detection import anomaly_indices, detect, median, pattern_detection
+from classwise.patterns.detection import anomaly_indices, detect, pattern_detection
 from tests.conftest import read_json
 
 
@@ -79,7 +79,8 @@ def test_poisoning_rate_labels_and_determinism(trigger, clean_label):
 
 
 def test_median_and_anomaly_index_by_hand():
-    assert median([3, 1, 2]) == 2 and median([4, 1, 3, 2]) == 2.5  # not torch.median's lower middle (2)
+    # the detector's median is the statistical one, not torch.median's lower middle (2)
+    assert detect([3, 1, 2], "x")["median"] == 2 and detect([4, 1, 3, 2], "x")["median"] == 2.5
     # odd: values 1..5 and 20 -> median 3.5 ... use 5 values: [1, 2, 3, 4, 10]: median 3, |dev| [2,1,0,1,7], MAD 1
     idx = anomaly_indices([1, 2, 3, 4, 10])
     assert idx == pytest.approx([2 / 1.4826, 1 / 1.4826, 0, 1 / 1.4826, 7 / 1.4826])

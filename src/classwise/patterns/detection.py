@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
+from statistics import median  # even count: the mean of the two middles (torch's: the lower)
 from typing import Any
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of a normal distribution
@@ -15,14 +15,6 @@ ASR_GATE = 0.5
 MIN_SCORED = 3  # a median and a MAD of fewer values measure nothing
 EMPTY_MASK_L1 = 1e-6
 PRIMARY = "log_mask_l1"
-
-
-def median(values: Sequence[float]) -> float:
-    """The statistical median (the mean of the two middle values for an even count; `torch.median`
-    returns the lower one, a known slip in detectors built on it)."""
-    if not len(values):
-        raise ValueError("median of no values")
-    return float(statistics.median(float(v) for v in values))
 
 
 def anomaly_indices(values: Sequence[float]) -> list[float]:
