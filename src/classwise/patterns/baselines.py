@@ -106,7 +106,7 @@ def targeted_uaps(
     step = cfg.step_size if cfg.step_size is not None else cfg.eps / 10
     delta = torch.zeros(k, c, h, w, device=device)
     tgt = torch.tensor(targets, device=device)
-    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 4_000_000)
+    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, [4_000_000 + t for t in targets])
     pool = pool_images.to(device)
     chunks = list(class_chunks(k, cfg.batch_size, images_per_pass(model, (c, h, w), max_forward, backward=True)))
     with frozen(model):
@@ -178,7 +178,7 @@ def universal_patches(
     _, c, h, w = pool_images.shape
     b = cfg.batch_size
     tgt = torch.tensor(targets, device=device)
-    batches = OtherClassBatches(pool_labels, targets, b, cfg.seed, 5_000_000)
+    batches = OtherClassBatches(pool_labels, targets, b, cfg.seed, [5_000_000 + t for t in targets])
     pool = pool_images.to(device)
     per_pass = images_per_pass(model, (c, h, w), max_forward, backward=True)
     mask_logit = torch.zeros(k, 1, h, w, device=device, requires_grad=True)  # m = 0.5, the search's mask_init

@@ -143,7 +143,7 @@ def neural_cleanse_masks(
     best_l1 = torch.full((k,), math.inf)
     stop_best = torch.full((k,), math.inf)  # the reference's early_stop_reg_best
     epochs_run = torch.zeros(k, dtype=torch.long)
-    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 3_000_000)
+    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, [3_000_000 + t for t in targets])
     pool = pool_images.to(device)
     per_pass = images_per_pass(model, (c, h, w), max_forward, backward=True)
     steps_per_epoch = math.ceil(cfg.epoch_size / cfg.batch_size)

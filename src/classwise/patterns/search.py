@@ -143,20 +143,41 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 class OtherClassBatches:
-    """Random pool indices [K, B] per step: for each target, images of the other classes only.
+    """Pool indices per step, `batch_size` per target: for each target, images of the other classes only.
 
-    Each target draws from its own generator seeded by (seed, key_offset + target), so a class's
-    batches never depend on its batch-mates.
+    Each target walks successive random permutations of its other-class images (every image once
+    before any twice, as an epoch of a shuffled loader does), drawn from its own generator seeded
+    by (seed, key): a class's batches never depend on its batch-mates. The search, the baselines and
+    Neural Cleanse all draw their batches here; each passes its own keys so their streams differ.
     """
 
-    def __init__(self, pool_labels: torch.Tensor, targets: Sequence[int], batch_size: int, seed: int, key_offset: int):
+    def __init__(self, pool_labels: torch.Tensor, targets: Sequence[int], batch_size: int, seed: int,
+                 keys: Sequence[int]):
         self.others = [(pool_labels != t).nonzero().flatten() for t in targets]
-        self.generators = [torch.Generator().manual_seed(stream_seed(seed, key_offset + t)) for t in targets]
+        for t, o in zip(targets, self.others, strict=True):
+            if len(o) == 0:
+                raise ConfigError(f"the search pool has no image outside class {t}; accepted: a pool with several classes")
+        self.generators = [torch.Generator().manual_seed(stream_seed(seed, key)) for key in keys]
+        self.left = [o[:0] for o in self.others]  # what is left of each target's current permutation
         self.batch_size = batch_size
 
+    def take(self, steps: int) -> torch.Tensor:
+        """The next `steps` batches of every target: [K, steps, B]."""
+        count = steps * self.batch_size
+        out = []
+        for i, (o, g) in enumerate(zip(self.others, self.generators, strict=True)):
+            parts, have = [self.left[i]], len(self.left[i])
+            while have < count:
+                parts.append(o[torch.randperm(len(o), generator=g)])
+                have += len(o)
+            flat = torch.cat(parts)
+            self.left[i] = flat[count:]
+            out.append(flat[:count].view(steps, self.batch_size))
+        return torch.stack(out)
+
     def next(self) -> torch.Tensor:
-        return torch.stack([o[torch.randint(len(o), (self.batch_size,), generator=g)]
-                            for o, g in zip(self.others, self.generators, strict=True)])
+        """The next batch of every target: [K, B]."""
+        return self.take(1)[:, 0]
 
 
 def mask_pixels(mask: torch.Tensor, ratio: float, score: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,12 +193,6 @@ def steps_for_pool(pool_labels: torch.Tensor, cfg: SearchConfig) -> int:
     present = counts.nonzero().flatten()
     n_ref = max(int(len(pool_labels) - counts[c]) for c in present.tolist())
     return max(1, math.ceil(cfg.epochs * n_ref / cfg.batch_size))
-
-
-def _index_stream(n_items: int, total: int, generator: torch.Generator) -> torch.Tensor:
-    """`total` indices into range(n_items): successive random permutations, concatenated."""
-    reps = math.ceil(total / n_items)
-    return torch.cat([torch.randperm(n_items, generator=generator) for _ in range(reps)])[:total]
 
 
 def search_patterns(
@@ -214,15 +229,8 @@ def search_patterns(
     steps = steps_for_pool(pool_labels, cfg)
     b = cfg.batch_size
 
-    # Every mask's batch order, drawn up front from its own generator: [K, steps, B] into the pool.
-    streams = []
-    for t, key in zip(targets.tolist(), keys, strict=True):
-        others = (pool_labels != t).nonzero().flatten()
-        if len(others) == 0:
-            raise ConfigError(f"the search pool has no image outside class {t}; accepted: a pool with several classes")
-        g = torch.Generator().manual_seed(stream_seed(cfg.seed, key))
-        streams.append(others[_index_stream(len(others), steps * b, g)].view(steps, b))
-    streams_t = torch.stack(streams)  # [K, steps, B]
+    # Every mask's batch order, drawn up front: [K, steps, B] into the pool.
+    streams_t = OtherClassBatches(pool_labels, targets.tolist(), b, cfg.seed, keys).take(steps)
 
     if cfg.cuda_graph and device.type != "cuda":
         raise ConfigError(f"search.cuda_graph=true needs a CUDA device; the model is on {device.type}")
