@@ -15,7 +15,6 @@ from classwise.patterns.search import (
     OtherClassBatches,
     as_float,
     frozen,
-    pattern_pixel_count,
     top_pixels,
 )
 from classwise.progress import tqdm
@@ -65,16 +64,6 @@ def attribution_map(model: nn.Module, canvases: torch.Tensor, targets: torch.Ten
     return torch.cat(out)
 
 
-def top_k_of_map(attr: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean [K, 1, H, W]: the k highest values of each map (ties: lower pixel index first)."""
-    k_count, h, w = attr.shape
-    k = pattern_pixel_count(ratio, h, w)
-    order = torch.sort(attr.reshape(k_count, -1), dim=1, descending=True, stable=True).indices[:, :k]
-    out = torch.zeros(k_count, h * w, dtype=torch.bool)
-    out.scatter_(1, order, True)
-    return out.view(k_count, 1, h, w)
-
-
 @dataclass(frozen=True)
 class UAPConfig:
     """A targeted universal perturbation per class, L-infinity `eps`, signed-gradient steps."""
@@ -121,11 +110,6 @@ def targeted_uaps(
                 with torch.no_grad():
                     delta[sl] = (d - step * grad.sign()).clamp(-cfg.eps, cfg.eps)
     return delta.detach().cpu()
-
-
-def top_k_of_perturbation(delta: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean [K, 1, H, W]: the k pixels where the perturbation is largest (L1 over channels)."""
-    return top_k_of_map(delta.abs().sum(1), ratio)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ from classwise.patterns.baselines import (
     attribution_map,
     check_baselines,
     targeted_uaps,
-    top_k_of_map,
-    top_k_of_perturbation,
     universal_patches,
 )
 from classwise.patterns.canvas import (
@@ -195,13 +193,13 @@ def classwise_patterns(
         if method in baselines:
             with timer(f"baselines.{method}"):
                 attr = attribution_map(model, canv, tgt, method, search_cfg.max_forward)
-                baseline_rates[method] = held_out(canv, torch.stack([top_k_of_map(attr, r) for r in ratios], 1), what=method)
+                baseline_rates[method] = held_out(canv, torch.stack([top_pixels(attr.unsqueeze(1), r) for r in ratios], 1), what=method)
     if "uap" in baselines:
         with timer("baselines.uap"):
             deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress,
                                    search_cfg.max_forward)
             full = torch.ones(k_count, 1, 1, h, w, dtype=torch.bool)
-            topk = torch.stack([top_k_of_perturbation(deltas, r) for r in ratios], 1)  # [K, R, 1, H, W]
+            topk = torch.stack([top_pixels(deltas.abs().sum(1, keepdim=True), r) for r in ratios], 1)  # [K, R, 1, H, W]: largest L1 over channels
             uap = held_out(deltas, torch.cat([full, topk], 1), additive=True, what="UAPs")  # [K, 1 + R]
             baseline_rates["uap_topk"] = Rates(uap.hits[:, 1:], uap.n[:, 1:])
             # The dense UAP has no pixel budget: the same value at every ratio.
