@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -198,8 +197,3 @@ def universal_patches(
             opt.step()
         values = torch.sigmoid(fine).detach().view(k, r_count, c, h, w)
     return values.cpu(), pixels.cpu()
-
-
-def mean_or_nan(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,6 @@ class PatternResult:
     masks: torch.Tensor  # [K, 1, H, W] in [0, 1]
     final_ce: torch.Tensor  # [K] cross-entropy of the last step, for the record
     steps: int
-    extra: dict = field(default_factory=dict)
     # [K, 1, H, W] tie-break score of each pixel: the mask without the clip to [0, 1] (see `search_patterns`)
     scores: torch.Tensor | None = None
 
