@@ -21,6 +21,23 @@ def test_wilson_interval_known_values():
     assert fields["asr"] == 0.075 and fields["asr_n"] == 40 and fields["asr_ci"][0] < 0.075 < fields["asr_ci"][1]
 
 
+@pytest.mark.parametrize("hits,n,z,expected", [
+    # The closed form (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), as this module computed it
+    # before it called scipy; z = 2.638...: sequential_z(4000), six looks.
+    (0, 10, None, (0.0, 0.2775327998628892)),
+    (3, 40, None, (0.025836025774588198, 0.19864233524310543)),
+    (50, 100, None, (0.4038315303659956, 0.5961684696340044)),
+    (127, 128, None, (0.9570737405611394, 0.9986195681071257)),
+    (1, 7200, None, (2.451772003292396e-05, 0.000786363370852494)),
+    (17, 256, 2.638257273476751, (0.03577942199761731, 0.11998700221144731)),
+    (4000, 4000, 2.638257273476751, (0.9982629223292173, 1.0)),
+    (0, 1, 2.638257273476751, (0.0, 0.8743781946921859)),
+])
+def test_wilson_interval_equals_the_closed_form(hits, n, z, expected):
+    got = wilson_interval(hits, n) if z is None else wilson_interval(hits, n, z)
+    assert got == pytest.approx(expected, abs=1e-12, rel=0)
+
+
 def test_mean_interval_covers_the_mean_and_narrows_with_images():
     narrow = mean_interval([0.2, 0.6, 0.0], [7200, 7200, 7200])
     wide = mean_interval([0.2, 0.6, 0.0], [300, 300, 300])
