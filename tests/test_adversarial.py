@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classwise.attacks.pgd import AdversarialTraining, pgd, robust_accuracy
+from classwise.attacks.pgd import AdversarialTraining, pgd, robust_accuracy, robust_evaluation
 from classwise.data.synthetic import make_synthetic
 from tests.conftest import read_json
 
@@ -113,6 +113,16 @@ def test_pgd_drops_accuracy_well_below_clean(trained_model):
         clean = (model(x).argmax(1) == y).float().mean().item()
     robust = robust_accuracy(model, x, y, eps=0.15, step_size=0.02, steps=20)
     assert clean > 0.9 and robust < clean - 0.4
+
+
+def test_robust_evaluation_reads_the_dataset_budget_from_a_config_or_a_checkpoint_dict():
+    """classwise-train passes cfg.dataset.adversarial, classwise-search the dict a checkpoint stored."""
+    from omegaconf import OmegaConf
+
+    budget = {"eps": 0.1, "step_size": 0.025, "steps": 5}
+    settings = [robust_evaluation(b, seed=3).attack_settings() for b in (budget, OmegaConf.create(budget))]
+    assert settings[0] == settings[1] == {"norm": "linf", "eps": 0.1, "step_size": pytest.approx(2.5 * 0.1 / 20),
+                                          "steps": 20, "random_start": True}
 
 
 def test_adversarial_training_run_writes_robust_acc(cli, tmp_path):

@@ -131,11 +131,10 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         run["architecture"] = model_cfg.get("_target_") or model_cfg.get("arch")
     metrics = {"clean_acc": clean_accuracy(model, dm)}
     if cfg.get("robust_eval"):
-        from classwise.attacks.pgd import AdversarialTraining
+        from classwise.attacks.pgd import robust_evaluation
 
         adv = cfg.dataset.adversarial if "adversarial" not in dataset_cfg else dataset_cfg["adversarial"]
-        metrics.update(AdversarialTraining(eps=adv["eps"], step_size=adv["step_size"], steps=adv["steps"],
-                                           seed=cfg.seed).evaluate(model, dm))
+        metrics.update(robust_evaluation(adv, cfg.seed).evaluate(model, dm))
     if poisoner is not None:
         metrics.update(poisoner.evaluate(model, dm))
     update_results(output_dir, run=run, metrics=metrics)

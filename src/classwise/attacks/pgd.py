@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -156,3 +159,11 @@ class AdversarialTraining:
         acc = robust_accuracy(model, images, labels, self.eps, self.eval_step_size, self.eval_steps, self.norm,
                               seed=self.seed)
         return {"robust_acc": acc, "robust_attack": {**self.attack_settings(), "images": len(labels)}}
+
+
+def robust_evaluation(adversarial: Mapping[str, Any], seed: int) -> AdversarialTraining:
+    """The `robust_eval=true` evaluation of a naturally trained model: PGD robust accuracy at the
+    dataset's `adversarial` budget (`eps`, `step_size`, `steps`), through the same `evaluate` an
+    adversarially trained model reports with, so the two settings' numbers compare."""
+    return AdversarialTraining(eps=adversarial["eps"], step_size=adversarial["step_size"], steps=adversarial["steps"],
+                               seed=seed)
