@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from classwise.attacks.pgd import robust_accuracy
+from classwise.attacks.pgd import PGDBudget, robust_accuracy
 from classwise.data.synthetic import make_synthetic
 from classwise.patterns import (
     CanvasConfig,
@@ -152,7 +152,7 @@ def test_the_memory_probe_of_every_pass_runs_in_eval_mode_on_a_model_left_in_tra
             baselines=["random", "gradcam", "uap"], uap_cfg=UAPConfig(eps=0.1, steps=2), eval_ci=0.1,
         )
         predict(bn_net, te_x[:50])
-        robust_accuracy(bn_net, te_x[:20], te_y[:20], eps=0.03, step_size=0.01, steps=2)  # PGD-20 after `test`
+        robust_accuracy(bn_net, te_x[:20], te_y[:20], PGDBudget(eps=0.03, step_size=0.01, steps=2))  # PGD-20 after `test`
         neural_cleanse(bn_net, [0, 1], te_x[:100], te_y[:100], _tiny_neural_cleanse(), progress=False)
     finally:
         for h in handles:
