@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classwise.patterns.chunking import class_chunks, images_per_pass
-from classwise.patterns.detection import THRESHOLD, detect
+from classwise.patterns.detection import THRESHOLD, MADRule, detect
 from classwise.patterns.search import OtherClassBatches, as_float, frozen, stream_seed
 from classwise.progress import tqdm
 
@@ -90,7 +90,7 @@ def nc_detection(per_class: dict[str, Any], cfg: NeuralCleanseConfig, threshold:
     """The anomaly-index block from per-class results (those of several ranks joined, in any order)."""
     order = sorted(range(len(per_class["classes"])), key=lambda i: per_class["classes"][i])
     pick = {k: [per_class[k][i] for i in order] for k in PER_CLASS_KEYS}
-    block = detect(pick["l1"], "neural_cleanse_mask_l1", "small", threshold, class_indices=pick["classes"])
+    block = detect(pick["l1"], MADRule("neural_cleanse_mask_l1", "small", threshold), class_indices=pick["classes"])
     block["reached_threshold"] = pick["reached_threshold"]
     block["epochs_run"] = pick["epochs_run"]
     block["settings"] = {"epochs": cfg.epochs, "epoch_size": cfg.epoch_size, "cost_multiplier": cfg.cost_multiplier,
