@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from classwise.errors import ConfigError
-from classwise.patterns.chunking import class_chunks, images_per_pass
+from classwise.patterns.chunking import RunOptions, class_chunks, images_per_pass
 from classwise.patterns.search import (
+    ImageSet,
     OtherClassBatches,
     as_float,
     frozen,
@@ -77,17 +78,17 @@ class UAPConfig:
 def targeted_uaps(
     model: nn.Module,
     targets: list[int],
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
+    pool: ImageSet,
     cfg: UAPConfig = UAPConfig(),
-    progress: bool = True,
-    max_forward: int | None = None,
+    run: RunOptions | None = None,
 ) -> torch.Tensor:
     """[K, C, H, W] perturbations in [-eps, eps]: each pushes other-class pool images to its target.
 
-    Each step passes the classes in chunks of at most `max_forward` images (null: from memory);
+    Each step passes the classes in chunks of at most `run.max_forward` images (None: from memory);
     a class's perturbation only sees its own images, so chunks do not change it.
     """
+    pool_images, pool_labels = pool
+    run = run or RunOptions()
     device = next(model.parameters()).device
     k = len(targets)
     _, c, h, w = pool_images.shape
@@ -95,13 +96,13 @@ def targeted_uaps(
     delta = torch.zeros(k, c, h, w, device=device)
     tgt = torch.tensor(targets, device=device)
     batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, [4_000_000 + t for t in targets])
-    pool = pool_images.to(device)
-    chunks = list(class_chunks(k, cfg.batch_size, images_per_pass(model, (c, h, w), max_forward, backward=True)))
+    pool_x = pool_images.to(device)
+    chunks = list(class_chunks(k, cfg.batch_size, images_per_pass(model, (c, h, w), run.max_forward, backward=True)))
     with frozen(model):
-        for _ in tqdm(range(cfg.steps), desc=f"UAP ({k} classes)", disable=not progress, leave=False):
+        for _ in tqdm(range(cfg.steps), desc=f"UAP ({k} classes)", disable=not run.progress, leave=False):
             idx = batches.next().to(device)  # [K, B]
             for sl in chunks:
-                x = as_float(pool[idx[sl]])  # [k, B, C, H, W]
+                x = as_float(pool_x[idx[sl]])  # [k, B, C, H, W]
                 d = delta[sl].clone().requires_grad_(True)
                 adv = (x + d.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
                 ce = F.cross_entropy(model(adv), tgt[sl].repeat_interleave(cfg.batch_size), reduction="none")
@@ -134,11 +135,9 @@ def universal_patches(
     model: nn.Module,
     targets: list[int],
     ratios: list[float],
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
+    pool: ImageSet,
     cfg: PatchConfig = PatchConfig(),
-    progress: bool = True,
-    max_forward: int | None = None,
+    run: RunOptions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [K, R, C, H, W] in [0, 1], pixels [K, R, 1, H, W] bool): a universal patch per class and ratio.
 
@@ -156,23 +155,25 @@ def universal_patches(
     (cross-entropy), closing the gap between the soft blend it was trained under and the paste it
     is evaluated with. Other-class batches come from each class's own generator, as in the UAP.
     """
+    pool_images, pool_labels = pool
+    run = run or RunOptions()
     device = next(model.parameters()).device
     k, r_count = len(targets), len(ratios)
     _, c, h, w = pool_images.shape
     b = cfg.batch_size
     tgt = torch.tensor(targets, device=device)
     batches = OtherClassBatches(pool_labels, targets, b, cfg.seed, [5_000_000 + t for t in targets])
-    pool = pool_images.to(device)
-    per_pass = images_per_pass(model, (c, h, w), max_forward, backward=True)
+    pool_x = pool_images.to(device)
+    per_pass = images_per_pass(model, (c, h, w), run.max_forward, backward=True)
     mask_logit = torch.zeros(k, 1, h, w, device=device, requires_grad=True)  # m = 0.5, the search's mask_init
     value_logit = torch.zeros(k, c, h, w, device=device, requires_grad=True)  # v = 0.5
     opt = torch.optim.Adam([mask_logit, value_logit], lr=cfg.lr)
     with frozen(model):
-        for _ in tqdm(range(cfg.steps), desc=f"universal patch ({k} classes)", disable=not progress, leave=False):
+        for _ in tqdm(range(cfg.steps), desc=f"universal patch ({k} classes)", disable=not run.progress, leave=False):
             idx = batches.next().to(device)  # [K, B]
             opt.zero_grad(set_to_none=True)
             for sl in class_chunks(k, b, per_pass):
-                x = as_float(pool[idx[sl]])  # [k, B, C, H, W]
+                x = as_float(pool_x[idx[sl]])  # [k, B, C, H, W]
                 m = torch.sigmoid(mask_logit[sl]).unsqueeze(1)  # [k, 1, 1, H, W]
                 v = torch.sigmoid(value_logit[sl]).unsqueeze(1)  # [k, 1, C, H, W]
                 ce = F.cross_entropy(model((m * v + (1 - m) * x).flatten(0, 1)), tgt[sl].repeat_interleave(b),
@@ -187,11 +188,11 @@ def universal_patches(
         pix = pixels.flatten(0, 1).unsqueeze(1)  # [K*R, 1, 1, H, W]
         tgt_kr = tgt.repeat_interleave(r_count)
         opt = torch.optim.Adam([fine], lr=cfg.lr)
-        for _ in tqdm(range(cfg.finetune_steps), desc="universal patch values", disable=not progress, leave=False):
+        for _ in tqdm(range(cfg.finetune_steps), desc="universal patch values", disable=not run.progress, leave=False):
             idx = batches.next().to(device).repeat_interleave(r_count, 0)  # [K*R, B]: a class's ratios share a batch
             opt.zero_grad(set_to_none=True)
             for sl in class_chunks(k * r_count, b, per_pass):
-                x = as_float(pool[idx[sl]])  # [n, B, C, H, W]
+                x = as_float(pool_x[idx[sl]])  # [n, B, C, H, W]
                 pasted = torch.where(pix[sl], torch.sigmoid(fine[sl]).unsqueeze(1), x).flatten(0, 1)
                 F.cross_entropy(model(pasted), tgt_kr[sl].repeat_interleave(b)).mul(sl.stop - sl.start).backward()
             opt.step()

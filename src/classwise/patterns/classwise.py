@@ -24,8 +24,10 @@ from classwise.patterns.canvas import (
     check_canvas_index,
     choose_candidates,
 )
+from classwise.patterns.chunking import RunOptions
 from classwise.patterns.evaluate import (
     EVAL_ORDER_KEY,
+    EvalOptions,
     Rates,
     attack_success_rates,
     attack_successes,
@@ -34,7 +36,9 @@ from classwise.patterns.evaluate import (
     random_pixels,
 )
 from classwise.patterns.search import (
+    ImageSet,
     SearchConfig,
+    SearchOptions,
     mask_pixels,
     pattern_pixel_count,
     search_patterns,
@@ -127,9 +131,9 @@ def classwise_patterns(
         canvases = canvas_pool.fetch(torch.tensor([idx for _, _, idx in flat]))
     with timer("search"):
         result = search_patterns(
-            model, canvases, [t for t, _, _ in flat], search_x, search_y, search_cfg,
-            stream_keys=[t * CANDIDATE_STRIDE + j for t, j, _ in flat], progress=progress,
-            description=f"pattern search ({len(targets)} classes)",
+            model, canvases, [t for t, _, _ in flat], ImageSet(search_x, search_y), search_cfg,
+            SearchOptions(stream_keys=[t * CANDIDATE_STRIDE + j for t, j, _ in flat], progress=progress,
+                          description=f"pattern search ({len(targets)} classes)"),
         )
 
     # 2. best_of_k: keep the candidate with the highest mean ASR on the *search* pool.
@@ -141,7 +145,7 @@ def classwise_patterns(
         f, r_count = pix.shape[:2]
         asr = attack_success_rates(
             model, result.canvases.repeat_interleave(r_count, 0), pix.flatten(0, 1),
-            result.target_classes.repeat_interleave(r_count), search_x, search_y, max_forward=eval_forward,
+            result.target_classes.repeat_interleave(r_count), ImageSet(search_x, search_y), EvalOptions(max_forward=eval_forward),
         ).view(f, r_count).mean(1)
         l1 = result.mask_l1
         for i, (t, _, idx) in enumerate(flat):
@@ -170,15 +174,15 @@ def classwise_patterns(
         """Rates [K, R'] of per-class images [K, C, H, W] pasted (or added) at pix [K, R', 1, H, W]."""
         reps = pix.shape[1]
         return attack_successes(
-            model, images.repeat_interleave(reps, 0), pix.flatten(0, 1), tgt.repeat_interleave(reps), eval_x, eval_y,
-            additive=additive, half_width=eval_ci, order_seed=order_seed, progress=progress,
-            description=f"evaluating {what}", max_forward=eval_forward,
+            model, images.repeat_interleave(reps, 0), pix.flatten(0, 1), tgt.repeat_interleave(reps), ImageSet(eval_x, eval_y),
+            EvalOptions(additive=additive, half_width=eval_ci, order_seed=order_seed, progress=progress,
+                        description=f"evaluating {what}", max_forward=eval_forward),
         ).view(k_count, reps)
 
     with timer("evaluation"):
         asr = held_out(canv, torch.stack([top_pixels(masks, r, scores) for r in ratios], 1))  # [K, R]
         if eval_predictions is None:  # sequential like the patterns: same order, same stopping rule
-            base = held_out_base_rates(model, eval_x, eval_y, tgt, eval_ci, order_seed, eval_forward)  # [K]
+            base = held_out_base_rates(model, ImageSet(eval_x, eval_y), tgt, EvalOptions(max_forward=eval_forward, half_width=eval_ci, order_seed=order_seed))  # [K]
         else:
             base = base_rates(eval_predictions, eval_y, tgt)  # [K]
     baseline_rates: dict[str, Rates] = {}  # name -> [K, R]
@@ -196,8 +200,8 @@ def classwise_patterns(
                 baseline_rates[method] = held_out(canv, torch.stack([top_pixels(attr.unsqueeze(1), r) for r in ratios], 1), what=method)
     if "uap" in baselines:
         with timer("baselines.uap"):
-            deltas = targeted_uaps(model, targets, search_x, search_y, uap_cfg or UAPConfig(seed=search_cfg.seed), progress,
-                                   search_cfg.max_forward)
+            deltas = targeted_uaps(model, targets, ImageSet(search_x, search_y), uap_cfg or UAPConfig(seed=search_cfg.seed),
+                                   RunOptions(search_cfg.max_forward, progress))
             full = torch.ones(k_count, 1, 1, h, w, dtype=torch.bool)
             topk = torch.stack([top_pixels(deltas.abs().sum(1, keepdim=True), r) for r in ratios], 1)  # [K, R, 1, H, W]: largest L1 over channels
             uap = held_out(deltas, torch.cat([full, topk], 1), additive=True, what="UAPs")  # [K, 1 + R]
@@ -207,12 +211,12 @@ def classwise_patterns(
     if "universal_patch" in baselines:
         with timer("baselines.universal_patch"):
             patch_cfg = patch_cfg or PatchConfig(alpha=search_cfg.alpha, seed=search_cfg.seed)
-            values, patch_pix = universal_patches(model, targets, ratios, search_x, search_y, patch_cfg, progress,
-                                                  search_cfg.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
+            values, patch_pix = universal_patches(model, targets, ratios, ImageSet(search_x, search_y), patch_cfg,
+                                                  RunOptions(search_cfg.max_forward, progress))  # [K, R, C, H, W], [K, R, 1, H, W]
             baseline_rates["universal_patch"] = attack_successes(
-                model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), eval_x, eval_y,
-                half_width=eval_ci, order_seed=order_seed, progress=progress,
-                description="evaluating universal patches", max_forward=eval_forward,
+                model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), ImageSet(eval_x, eval_y),
+                EvalOptions(half_width=eval_ci, order_seed=order_seed, progress=progress,
+                            description="evaluating universal patches", max_forward=eval_forward),
             ).view(k_count, r_count)
     ties = [tie_counts(masks, r) for r in ratios]  # per ratio: ([K] non-zero, [K] decided by the tie-break)
 

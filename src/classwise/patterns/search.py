@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,13 @@ def paste(images: torch.Tensor, canvas: torch.Tensor, pixels: torch.Tensor) -> t
     return torch.where(pixels, canvas, images)
 
 
+class ImageSet(NamedTuple):
+    """Labelled images: a search pool or an eval split (a plain (images, labels) pair unpacks the same)."""
+
+    images: torch.Tensor  # [N, C, H, W], float in [0, 1] or uint8 (converted per batch)
+    labels: torch.Tensor  # [N] int64
+
+
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats from images stored as uint8 (converted per batch, on the device); floats pass through."""
     return images.float().div_(255) if images.dtype == torch.uint8 else images
@@ -194,23 +202,30 @@ def steps_for_pool(pool_labels: torch.Tensor, cfg: SearchConfig) -> int:
     return max(1, math.ceil(cfg.epochs * n_ref / cfg.batch_size))
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """What one `search_patterns` call adds to the (shared) SearchConfig: each mask's stream key, which
+    seeds its batch order with `cfg.seed` (None: its target class), and the progress bar."""
+
+    stream_keys: Sequence[int] | None = None
+    progress: bool = True
+    description: str = "pattern search"
+
+
 def search_patterns(
     model: nn.Module,
     canvases: torch.Tensor,
     target_classes: Sequence[int] | torch.Tensor,
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
+    pool: ImageSet,
     cfg: SearchConfig = SearchConfig(),
-    stream_keys: Sequence[int] | None = None,
-    progress: bool = True,
-    description: str = "pattern search",
+    options: SearchOptions = SearchOptions(),
 ) -> PatternResult:
     """Optimise one mask per (canvas, target class), all of them in one batched loop.
 
-    canvases [K, C, H, W] in [0, 1]; target_classes [K]; pool_images [N, C, H, W], pool_labels [N].
+    canvases [K, C, H, W] in [0, 1]; target_classes [K]; pool: images [N, C, H, W], labels [N].
     Class k's mask sees only pool images whose label differs from its target. The loss per mask is
     `alpha * CE(f(m*c + (1-m)*x), t) + (1 - alpha) * sum(m) / (H*W/2)`; masks do not interact, so
-    the result for a class is the one a search of that class alone would give. `stream_keys`
+    the result for a class is the one a search of that class alone would give. `options.stream_keys`
     (default: the target classes) seed each mask's batch order, with `cfg.seed`.
 
     Each pixel also gets a tie-break score: the sum of all its updates without the clip to [0, 1]
@@ -223,7 +238,8 @@ def search_patterns(
     k_total, channels, h, w = canvases.shape
     if len(targets) != k_total:
         raise ValueError(f"{k_total} canvases but {len(targets)} target classes")
-    keys = targets.tolist() if stream_keys is None else list(stream_keys)
+    pool_images, pool_labels = pool
+    keys = targets.tolist() if options.stream_keys is None else list(options.stream_keys)
     device = next(model.parameters()).device
     steps = steps_for_pool(pool_labels, cfg)
     b = cfg.batch_size
@@ -233,13 +249,13 @@ def search_patterns(
 
     if cfg.cuda_graph and device.type != "cuda":
         raise ConfigError(f"search.cuda_graph=true needs a CUDA device; the model is on {device.type}")
-    pool = _pool_on(device, pool_images)
-    streams_t = streams_t.to(pool.device)  # moved once: no host-to-device copy of indices per step
+    pool_x = _pool_on(device, pool_images)
+    streams_t = streams_t.to(pool_x.device)  # moved once: no host-to-device copy of indices per step
     chunk = max(1, images_per_pass(model, (channels, h, w), cfg.max_forward, backward=True) // b)
     masks_out = torch.empty(k_total, 1, h, w)
     scores_out = torch.empty(k_total, 1, h, w)
     ce_out = torch.empty(k_total)
-    bar = tqdm(total=steps * math.ceil(k_total / chunk), desc=description, disable=not progress, leave=False)
+    bar = tqdm(total=steps * math.ceil(k_total / chunk), desc=options.description, disable=not options.progress, leave=False)
     with frozen(model), search_precision(model, device, cfg):
         for start in range(0, k_total, chunk):
             sl = slice(start, min(start + chunk, k_total))
@@ -248,10 +264,9 @@ def search_patterns(
             tgt = targets[sl].to(device).repeat_interleave(b)  # [Kc * B]
             mask = torch.full((kc, 1, h, w), cfg.mask_init, device=device, requires_grad=True)
             adam = torch.optim.Adam([mask], lr=cfg.step_size) if cfg.update == "adam" else None
-            score = torch.full((kc, 1, h, w), cfg.mask_init, device=device)  # the unclipped mask
 
             def batch(step: int, sl=sl) -> torch.Tensor:  # [Kc, B, C, H, W] float on the device
-                return as_float(pool[streams_t[sl, step]].to(device, non_blocking=True))
+                return as_float(pool_x[streams_t[sl, step]].to(device, non_blocking=True))
 
             def loss_and_grad(x: torch.Tensor, mask=mask, canv=canv, tgt=tgt, kc=kc):
                 m = mask.unsqueeze(1)  # [Kc, 1, 1, H, W]
@@ -266,8 +281,9 @@ def search_patterns(
                 return ce, torch.autograd.grad(loss.sum(), mask)[0]
 
             if cfg.cuda_graph:
-                ce = _graphed_sign_search(mask, score, batch, loss_and_grad, steps, cfg, bar)
+                ce, score = _graphed_sign_search(mask, batch, loss_and_grad, steps, cfg, bar)
             else:
+                score = mask.detach().clone()  # the unclipped mask: mask_init plus every update
                 ce = torch.zeros(kc, device=device)
                 for step in range(steps):
                     ce, grad = loss_and_grad(batch(step))
@@ -316,15 +332,17 @@ def search_precision(model: nn.Module, device: torch.device, cfg: SearchConfig) 
         model.to(memory_format=torch.contiguous_format)
 
 
-def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: SearchConfig, bar) -> torch.Tensor:
-    """The signed-gradient steps of one chunk, the step captured once as a CUDA graph and replayed.
+def _graphed_sign_search(mask, batch, loss_and_grad, steps: int, cfg: SearchConfig, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signed-gradient steps of one chunk, the step captured once as a CUDA graph and replayed:
+    (the last step's cross-entropy [Kc], the unclipped mask, `search_patterns`' tie-break score).
 
     A ResNet-18 step on 40 CIFAR images is a few hundred small kernels: launch-bound on a large GPU,
     which one graph replay per step avoids. Each step copies its batch into the graph's static input.
     Unmeasured on a GPU so far: `make gpu-check` is where to time it.
     """
     static_x = batch(0).clone()
-    init, score_init = mask.detach().clone(), score.clone()
+    init = mask.detach().clone()
+    score = init.clone()  # starts as the mask does: mask_init everywhere
     static_ce = torch.zeros(mask.shape[0], device=mask.device)
 
     def step() -> None:
@@ -343,7 +361,7 @@ def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: Sea
     torch.cuda.current_stream().wait_stream(side)
     with torch.no_grad():
         mask.copy_(init)
-        score.copy_(score_init)
+        score.copy_(init)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
@@ -351,4 +369,4 @@ def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: Sea
         static_x.copy_(batch(i))
         graph.replay()
         bar.update(1)
-    return static_ce
+    return static_ce, score

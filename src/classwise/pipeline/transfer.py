@@ -29,7 +29,12 @@ def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Pa
     from safetensors.torch import load_file
 
     from classwise.errors import ConfigError
-    from classwise.patterns.evaluate import EVAL_ORDER_KEY, attack_successes, base_rates
+    from classwise.patterns.evaluate import (
+        EVAL_ORDER_KEY,
+        EvalOptions,
+        attack_successes,
+        base_rates,
+    )
     from classwise.patterns.search import stream_seed, top_pixels
 
     source_run = Path(source_run)
@@ -54,8 +59,8 @@ def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Pa
     pix = torch.stack([top_pixels(masks, r, scores) for r in ratios], 1).flatten(0, 1)
     r_count = len(ratios)
     asr = attack_successes(model, canvases.repeat_interleave(r_count, 0), pix, tgt.repeat_interleave(r_count),
-                           eval_x, eval_y, half_width=eval_ci, order_seed=stream_seed(seed, EVAL_ORDER_KEY),
-                           progress=progress, description="transferred patterns").view(len(classes), r_count)
+                           (eval_x, eval_y), EvalOptions(half_width=eval_ci, order_seed=stream_seed(seed, EVAL_ORDER_KEY),
+                           progress=progress, description="transferred patterns")).view(len(classes), r_count)
     base = base_rates(predict(model, eval_x), eval_y, tgt)
     block = {
         "source_run": str(source_run.resolve()),
