@@ -52,9 +52,9 @@ def look_schedule(n_images: int) -> list[int]:
 def sequential_z(n_images: int) -> float:
     """z of the intervals of a sequential evaluation over `n_images`: Bonferroni over its looks.
 
-    Stopping at the first look whose 95% Wilson interval is narrow enough keeps coverage near 93%
-    (rates near 0.03 stop early on a lucky streak); spending 5% / looks at each look keeps it at or
-    above 95% whatever look the rule stops at.
+    Stopping at the first look whose 95% Wilson interval is narrow enough covers too little: a
+    lucky early streak stops early (docs/scale.md has the simulated coverage). Spending 5% / looks
+    at each look keeps coverage at or above 95% whatever look the rule stops at.
     """
     return NormalDist().inv_cdf(1 - 0.05 / (2 * len(look_schedule(n_images))))
 

@@ -101,7 +101,7 @@ def top_pixels(masks: torch.Tensor, ratio: float, scores: torch.Tensor | None = 
     The signed update leaves masks on a grid (many pixels end at exactly 0 or 1), so ties are common;
     they are broken by `scores` [K, 1, H, W] (higher first; the search's unclipped mask), and only
     then by lower pixel index, so the result is deterministic. Without scores (a run saved before
-    they were kept) the index alone breaks ties, as before.
+    they were kept) the index alone breaks ties: the rule that chose the pixels such a run evaluated.
     """
     k_count, _, h, w = masks.shape
     k = pattern_pixel_count(ratio, h, w)
@@ -333,12 +333,11 @@ def search_precision(model: nn.Module, device: torch.device, cfg: SearchConfig) 
 
 
 def _graphed_sign_search(mask, batch, loss_and_grad, steps: int, cfg: SearchConfig, bar) -> tuple[torch.Tensor, torch.Tensor]:
-    """The signed-gradient steps of one chunk, the step captured once as a CUDA graph and replayed:
-    (the last step's cross-entropy [Kc], the unclipped mask, `search_patterns`' tie-break score).
+    """The signed-gradient steps of one chunk, the step captured once as a CUDA graph and replayed;
+    returns the last step's cross-entropy [Kc] and the unclipped mask (`search_patterns`' tie-break score).
 
     A ResNet-18 step on 40 CIFAR images is a few hundred small kernels: launch-bound on a large GPU,
     which one graph replay per step avoids. Each step copies its batch into the graph's static input.
-    Unmeasured on a GPU so far: `make gpu-check` is where to time it.
     """
     static_x = batch(0).clone()
     init = mask.detach().clone()
