@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classwise.attacks.pgd import AdversarialTraining, pgd, robust_accuracy
+from classwise.attacks.pgd import (
+    AdversarialTraining,
+    PGDBudget,
+    pgd,
+    robust_accuracy,
+    robust_evaluation,
+)
 from classwise.data.synthetic import make_synthetic
 from tests.conftest import read_json
 
@@ -66,7 +72,7 @@ def test_training_attack_runs_in_train_mode_and_restores_mode_and_statistics(sta
 def test_evaluation_attack_runs_in_eval_mode_and_restores_train_mode():
     model = _BNNet().train()
     x, y = _bn_batch()
-    pgd(model, x, y, eps=0.1, step_size=0.05, steps=2)
+    pgd(model, x, y, PGDBudget(eps=0.1, step_size=0.05, steps=2))
     assert model.modes == [False, False] and model.training and model.bn.training
 
 
@@ -77,7 +83,7 @@ def test_attack_restores_mode_and_statistics_when_the_forward_raises(mode, start
     x, y = _bn_batch()
     before = {k: b.clone() for k, b in model.named_buffers()}
     with pytest.raises(RuntimeError, match="forward failed"):
-        pgd(model, x, y, eps=0.1, step_size=0.05, steps=3, mode=mode)
+        pgd(model, x, y, PGDBudget(eps=0.1, step_size=0.05, steps=3), mode=mode)
     assert model.training is start_training and model.bn.training is start_training
     assert all(torch.equal(b, before[k]) for k, b in model.named_buffers())
 
@@ -85,7 +91,7 @@ def test_attack_restores_mode_and_statistics_when_the_forward_raises(mode, start
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
 def test_pgd_stays_in_the_ball_and_raises_the_loss(trained_model, norm, eps):
     model, x, y = trained_model
-    adv = pgd(model, x, y, eps=eps, step_size=eps / 4, steps=10, norm=norm)
+    adv = pgd(model, x, y, PGDBudget(eps=eps, step_size=eps / 4, steps=10, norm=norm))
     delta = (adv - x).flatten(1)
     size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
     assert (size <= eps + 1e-5).all()
@@ -97,13 +103,13 @@ def test_pgd_stays_in_the_ball_and_raises_the_loss(trained_model, norm, eps):
 
 def test_pgd_with_zero_steps_returns_the_input(trained_model):
     model, x, y = trained_model
-    assert torch.equal(pgd(model, x, y, eps=0.1, step_size=0.01, steps=0), x)
+    assert torch.equal(pgd(model, x, y, PGDBudget(eps=0.1, step_size=0.01, steps=0)), x)
 
 
 def test_pgd_works_under_inference_mode(trained_model):
     model, x, y = trained_model
     with torch.inference_mode():
-        adv = pgd(model, x[:8], y[:8], eps=0.1, step_size=0.05, steps=2)
+        adv = pgd(model, x[:8], y[:8], PGDBudget(eps=0.1, step_size=0.05, steps=2))
     assert not torch.equal(adv, x[:8])
 
 
@@ -111,8 +117,18 @@ def test_pgd_drops_accuracy_well_below_clean(trained_model):
     model, x, y = trained_model
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
-    robust = robust_accuracy(model, x, y, eps=0.15, step_size=0.02, steps=20)
+    robust = robust_accuracy(model, x, y, PGDBudget(eps=0.15, step_size=0.02, steps=20))
     assert clean > 0.9 and robust < clean - 0.4
+
+
+def test_robust_evaluation_reads_the_dataset_budget_from_a_config_or_a_checkpoint_dict():
+    """classwise-train passes cfg.dataset.adversarial, classwise-search the dict a checkpoint stored."""
+    from omegaconf import OmegaConf
+
+    budget = {"eps": 0.1, "step_size": 0.025, "steps": 5}
+    settings = [robust_evaluation(b, seed=3).attack_settings() for b in (budget, OmegaConf.create(budget))]
+    assert settings[0] == settings[1] == {"norm": "linf", "eps": 0.1, "step_size": pytest.approx(2.5 * 0.1 / 20),
+                                          "steps": 20, "random_start": True}
 
 
 def test_adversarial_training_run_writes_robust_acc(cli, tmp_path):

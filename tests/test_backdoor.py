@@ -10,7 +10,7 @@ from classwise.data.sources import TensorImages
 from classwise.data.triggers import SIG, BadNets, Blend, Trojan
 from classwise.errors import ConfigError
 from classwise.patterns.classwise import ClassPattern
-from classwise.patterns.detection import anomaly_indices, detect, median, pattern_detection
+from classwise.patterns.detection import MADRule, anomaly_indices, detect, pattern_detection
 from classwise.pipeline.search_step import SearchJob
 from tests.conftest import read_json
 
@@ -79,16 +79,17 @@ def test_poisoning_rate_labels_and_determinism(trigger, clean_label):
 
 
 def test_median_and_anomaly_index_by_hand():
-    assert median([3, 1, 2]) == 2 and median([4, 1, 3, 2]) == 2.5  # not torch.median's lower middle (2)
+    # the detector's median is the statistical one, not torch.median's lower middle (2)
+    assert detect([3, 1, 2], MADRule("x"))["median"] == 2 and detect([4, 1, 3, 2], MADRule("x"))["median"] == 2.5
     # odd: values 1..5 and 20 -> median 3.5 ... use 5 values: [1, 2, 3, 4, 10]: median 3, |dev| [2,1,0,1,7], MAD 1
     idx = anomaly_indices([1, 2, 3, 4, 10])
     assert idx == pytest.approx([2 / 1.4826, 1 / 1.4826, 0, 1 / 1.4826, 7 / 1.4826])
     # even: [1, 2, 4, 5, 6, 30]: median 4.5, |dev| [3.5, 2.5, .5, .5, 1.5, 25.5] -> MAD (1.5 + 2.5) / 2 = 2
     idx = anomaly_indices([1, 2, 4, 5, 6, 30])
     assert idx[5] == pytest.approx(25.5 / (1.4826 * 2))
-    block = detect([1, 2, 4, 5, 6, 30], "x", "large")
+    block = detect([1, 2, 4, 5, 6, 30], MADRule("x", "large"))
     assert block["flagged"] == [5] and block["predicted_target"] == 5
-    assert detect([1, 2, 4, 5, 6, 30], "x", "small")["flagged"] == []
+    assert detect([1, 2, 4, 5, 6, 30], MADRule("x", "small"))["flagged"] == []
 
 
 # Masks of 8 classes: class 2 small (a trigger-like pattern), the others spread multiplicatively.

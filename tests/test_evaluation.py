@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from classwise.intervals import half_width, mean_interval, rate_fields, wilson_interval
-from classwise.patterns.evaluate import attack_successes
+from classwise.patterns.evaluate import EvalOptions, attack_successes
+from classwise.patterns.search import ImageSet
 
 SIDE = 4
 
@@ -19,6 +20,23 @@ def test_wilson_interval_known_values():
     assert half_width(3600, 7200) == pytest.approx(0.0115, abs=1e-4)
     fields = rate_fields(3, 40, "asr")
     assert fields["asr"] == 0.075 and fields["asr_n"] == 40 and fields["asr_ci"][0] < 0.075 < fields["asr_ci"][1]
+
+
+@pytest.mark.parametrize("hits,n,z,expected", [
+    # The closed form (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), as this module computed it
+    # before it called scipy; z = 2.638...: sequential_z(4000), six looks.
+    (0, 10, None, (0.0, 0.2775327998628892)),
+    (3, 40, None, (0.025836025774588198, 0.19864233524310543)),
+    (50, 100, None, (0.4038315303659956, 0.5961684696340044)),
+    (127, 128, None, (0.9570737405611394, 0.9986195681071257)),
+    (1, 7200, None, (2.451772003292396e-05, 0.000786363370852494)),
+    (17, 256, 2.638257273476751, (0.03577942199761731, 0.11998700221144731)),
+    (4000, 4000, 2.638257273476751, (0.9982629223292173, 1.0)),
+    (0, 1, 2.638257273476751, (0.0, 0.8743781946921859)),
+])
+def test_wilson_interval_equals_the_closed_form(hits, n, z, expected):
+    got = wilson_interval(hits, n) if z is None else wilson_interval(hits, n, z)
+    assert got == pytest.approx(expected, abs=1e-12, rel=0)
 
 
 def test_mean_interval_covers_the_mean_and_narrows_with_images():
@@ -59,20 +77,20 @@ def test_sequential_evaluation_stops_early_and_agrees_with_the_whole_set():
     values = [0.0, 0.05, 0.5, 0.9]
     canvases, pixels, targets = _patterns(values)
     model = Threshold()
-    whole = attack_successes(model, canvases, pixels, targets, images, labels)
+    whole = attack_successes(model, canvases, pixels, targets, ImageSet(images, labels))
     assert whole.n.tolist() == [5400] * 4
-    seq = attack_successes(model, canvases, pixels, targets, images, labels, half_width=0.03, order_seed=7)
+    seq = attack_successes(model, canvases, pixels, targets, ImageSet(images, labels), EvalOptions(half_width=0.03, order_seed=7))
     assert (seq.n < 5400).all() and (seq.half_width() <= 0.03).all()
     assert seq.n[0] <= seq.n[1] < seq.n[2] and seq.n[3] < seq.n[2]  # rates far from 0.5 decide sooner
     for k in range(4):
         lo, hi = wilson_interval(int(seq.hits[k]), int(seq.n[k]))
         assert lo <= float(whole.rate[k]) <= hi
     # A pattern's result does not depend on which others share the call.
-    alone = attack_successes(model, canvases[2:3], pixels[2:3], targets[2:3], images, labels, half_width=0.03,
-                             order_seed=7)
+    alone = attack_successes(model, canvases[2:3], pixels[2:3], targets[2:3], ImageSet(images, labels),
+                             EvalOptions(half_width=0.03, order_seed=7))
     assert alone.hits.item() == seq.hits[2].item() and alone.n.item() == seq.n[2].item()
     # A target no interval can reach runs to the whole set, which is the cap.
-    capped = attack_successes(model, canvases, pixels, targets, images, labels, half_width=1e-4, order_seed=7)
+    capped = attack_successes(model, canvases, pixels, targets, ImageSet(images, labels), EvalOptions(half_width=1e-4, order_seed=7))
     assert capped.hits.tolist() == whole.hits.tolist() and capped.n.tolist() == whole.n.tolist()
 
 
@@ -96,7 +114,7 @@ def test_target_class_images_are_not_forwarded_and_counts_match_a_per_image_loop
     canvases, pixels, _ = _patterns([0.3, 0.6, 0.9])
     targets = torch.tensor([1, 0, 1])
     model = Counting()
-    got = attack_successes(model, canvases, pixels, targets, images, labels, max_forward=max_forward)
+    got = attack_successes(model, canvases, pixels, targets, ImageSet(images, labels), EvalOptions(max_forward=max_forward))
     for p in range(3):
         pasted = torch.where(pixels[p], canvases[p], images)
         pred = Threshold()(pasted).argmax(1)
@@ -116,8 +134,8 @@ def test_base_rates_stop_like_the_patterns_and_agree_with_the_whole_split():
     targets = torch.tensor([0, 1, 2])
     model = Threshold()
     whole = base_rates(predict(model, images), labels, targets)
-    assert torch.equal(held_out_base_rates(model, images, labels, targets).hits, whole.hits)
-    seq = held_out_base_rates(model, images, labels, targets, half_width=0.03, order_seed=7, batch_size=256)
+    assert torch.equal(held_out_base_rates(model, ImageSet(images, labels), targets).hits, whole.hits)
+    seq = held_out_base_rates(model, ImageSet(images, labels), targets, EvalOptions(max_forward=256, half_width=0.03, order_seed=7))
     assert (seq.n < whole.n).all() and (seq.half_width() <= 0.03).all()
     for k in range(3):
         lo, hi = wilson_interval(int(seq.hits[k]), int(seq.n[k]))
@@ -134,12 +152,13 @@ def test_sequential_stopping_points_do_not_depend_on_the_pass_size():
     labels = torch.arange(3000) % 3
     canvases, pixels, _ = _patterns([0.02, 0.3, 0.6, 0.97])
     targets = torch.tensor([1, 0, 1, 2])
-    runs = [attack_successes(Threshold(), canvases, pixels, targets, images, labels, max_forward=size,
-                             half_width=0.05, order_seed=7) for size in (7, 100, 256, 5000)]
+    runs = [attack_successes(Threshold(), canvases, pixels, targets, ImageSet(images, labels),
+                             EvalOptions(max_forward=size, half_width=0.05, order_seed=7)) for size in (7, 100, 256, 5000)]
     for r in runs[1:]:
         assert r.n.tolist() == runs[0].n.tolist() and r.hits.tolist() == runs[0].hits.tolist()
     assert (runs[0].n < 2000).all()  # it did stop early
-    bases = [held_out_base_rates(Threshold(), images, labels, targets, half_width=0.05, order_seed=7, batch_size=size)
+    bases = [held_out_base_rates(Threshold(), ImageSet(images, labels), targets,
+                                 EvalOptions(max_forward=size, half_width=0.05, order_seed=7))
              for size in (7, 300, 5000)]
     assert all(b.n.tolist() == bases[0].n.tolist() and b.hits.tolist() == bases[0].hits.tolist() for b in bases)
 
@@ -169,8 +188,8 @@ def test_a_bar_that_stops_early_says_why(monkeypatch, capsys):
     g = torch.Generator().manual_seed(0)
     images, labels = torch.rand(3000, 1, SIDE, SIDE, generator=g), torch.zeros(3000, dtype=torch.long)
     canvases, pixels, targets = _patterns([0.0, 1.0])
-    rates = attack_successes(Threshold(), canvases, pixels, targets, images, labels, half_width=0.1, order_seed=1,
-                             progress=True, description="evaluating patterns")
+    rates = attack_successes(Threshold(), canvases, pixels, targets, ImageSet(images, labels),
+                             EvalOptions(half_width=0.1, order_seed=1, progress=True, description="evaluating patterns"))
     assert rates.n.tolist() == [128, 128]
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "evaluating patterns" in last and "stopped: interval ±0.1 reached after 128 images" in last

@@ -177,46 +177,50 @@ def small():
 
 
 def test_search_chunked_equals_unchunked_and_uint8_equals_float(small):
-    from classwise.patterns.search import SearchConfig, search_patterns
+    from classwise.patterns.search import ImageSet, SearchConfig, SearchOptions, search_patterns
 
     model, pool, labels, canvases = small
     run = lambda images, max_forward: search_patterns(  # noqa: E731
-        model, canvases, list(range(5)), images, labels, SearchConfig(steps=15, batch_size=4, max_forward=max_forward),
-        progress=False).masks
+        model, canvases, list(range(5)), ImageSet(images, labels), SearchConfig(steps=15, batch_size=4, max_forward=max_forward),
+        SearchOptions(progress=False)).masks
     whole = run(pool, 1000)
     assert torch.equal(run(pool, 8), whole)  # 2 classes a chunk
     assert torch.equal(run(pool.float() / 255, 1000), whole)
 
 
 def test_evaluation_and_prediction_chunked_equal_unchunked(small):
-    from classwise.patterns.evaluate import attack_success_rates, predict
-    from classwise.patterns.search import top_pixels
+    from classwise.patterns.evaluate import EvalOptions, attack_success_rates, predict
+    from classwise.patterns.search import ImageSet, top_pixels
 
     model, pool, labels, canvases = small
     pix = top_pixels(torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(2)), 0.2)
     tgt = torch.arange(5)
-    whole = attack_success_rates(model, canvases, pix, tgt, pool, labels, max_forward=10_000)
-    assert torch.equal(attack_success_rates(model, canvases, pix, tgt, pool, labels, max_forward=7), whole)
-    assert torch.equal(attack_success_rates(model, canvases, pix, tgt, pool.float() / 255, labels), whole)
+    whole = attack_success_rates(model, canvases, pix, tgt, ImageSet(pool, labels), EvalOptions(max_forward=10_000))
+    assert torch.equal(attack_success_rates(model, canvases, pix, tgt, ImageSet(pool, labels), EvalOptions(max_forward=7)), whole)
+    assert torch.equal(attack_success_rates(model, canvases, pix, tgt, ImageSet(pool.float() / 255, labels)), whole)
     assert torch.equal(predict(model, pool, batch_size=7), predict(model, pool.float() / 255, batch_size=1000))
 
 
 def test_uap_chunked_equals_unchunked(small):
     from classwise.patterns.baselines import UAPConfig, targeted_uaps
+    from classwise.patterns.chunking import RunOptions
+    from classwise.patterns.search import ImageSet
 
     model, pool, labels, _ = small
     cfg = UAPConfig(steps=10, batch_size=4)
-    whole = targeted_uaps(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=1000)
-    assert torch.equal(targeted_uaps(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=8), whole)
+    whole = targeted_uaps(model, list(range(5)), ImageSet(pool, labels), cfg, RunOptions(1000, progress=False))
+    assert torch.equal(targeted_uaps(model, list(range(5)), ImageSet(pool, labels), cfg, RunOptions(8, progress=False)), whole)
 
 
 def test_neural_cleanse_chunked_equals_unchunked(small):
+    from classwise.patterns.chunking import RunOptions
     from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
+    from classwise.patterns.search import ImageSet
 
     model, pool, labels, _ = small
     cfg = NeuralCleanseConfig(epochs=4, epoch_size=20, batch_size=4, patience=1)
-    whole = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=1000)
-    chunked = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False, max_forward=8)
+    whole = neural_cleanse(model, list(range(5)), ImageSet(pool, labels), cfg, RunOptions(1000, progress=False))
+    chunked = neural_cleanse(model, list(range(5)), ImageSet(pool, labels), cfg, RunOptions(8, progress=False))
     whole.pop("seconds"), chunked.pop("seconds")
     assert_same_detection(chunked, whole)
 
@@ -232,6 +236,7 @@ def assert_same_detection(a: dict, b: dict) -> None:
 
 def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
     """Each rank's share of the classes, concatenated in any order, gives the one-process detection block."""
+    from classwise.patterns.chunking import RunOptions
     from classwise.patterns.detectors import Detector
     from classwise.patterns.neural_cleanse import (
         NeuralCleanseConfig,
@@ -239,11 +244,13 @@ def test_neural_cleanse_sharded_over_ranks_equals_one_process(small):
         neural_cleanse,
         neural_cleanse_masks,
     )
+    from classwise.patterns.search import ImageSet
 
     model, pool, labels, _ = small
     cfg = NeuralCleanseConfig(epochs=4, epoch_size=20, batch_size=4, patience=1)
-    whole = neural_cleanse(model, list(range(5)), pool, labels, cfg, progress=False)
-    shares = [neural_cleanse_masks(model, classes, pool, labels, cfg, progress=False) for classes in ([1, 3], [0, 2, 4])]
+    whole = neural_cleanse(model, list(range(5)), ImageSet(pool, labels), cfg, RunOptions(progress=False))
+    shares = [neural_cleanse_masks(model, classes, ImageSet(pool, labels), cfg, RunOptions(progress=False))
+              for classes in ([1, 3], [0, 2, 4])]
     sharded = nc_detection(Detector().join(shares), cfg)  # the join every sharded detector uses
     whole.pop("seconds"), sharded.pop("seconds")
     assert_same_detection(sharded, whole)
@@ -262,28 +269,35 @@ def test_attribution_maps_chunked_equal_unchunked(small, method):
 
 def test_channels_last_equals_and_bf16_stays_close(small):
     from classwise.patterns.evaluate import attack_success_rates
-    from classwise.patterns.search import SearchConfig, search_patterns, top_pixels
+    from classwise.patterns.search import (
+        ImageSet,
+        SearchConfig,
+        SearchOptions,
+        search_patterns,
+        top_pixels,
+    )
 
     model, pool, labels, canvases = small
-    run = lambda **kw: search_patterns(model, canvases, list(range(5)), pool, labels,  # noqa: E731
-                                       SearchConfig(steps=30, batch_size=4, **kw), progress=False).masks
+    run = lambda **kw: search_patterns(model, canvases, list(range(5)), ImageSet(pool, labels),  # noqa: E731
+                                       SearchConfig(steps=30, batch_size=4, **kw), SearchOptions(progress=False)).masks
     fp32 = run()
     assert torch.allclose(run(channels_last=True), fp32, atol=1e-5)
     assert next(model.parameters()).is_contiguous()  # the model's memory format is restored
     bf16 = run(precision="bf16")
     pix32, pix16 = top_pixels(fp32, 0.1), top_pixels(bf16, 0.1)
     assert (pix32 & pix16).sum() >= 0.7 * pix32.sum()  # most chosen pixels agree
-    asr = [attack_success_rates(model, canvases, p, torch.arange(5), pool, labels) for p in (pix32, pix16)]
+    asr = [attack_success_rates(model, canvases, p, torch.arange(5), ImageSet(pool, labels)) for p in (pix32, pix16)]
     assert (asr[0] - asr[1]).abs().max() <= 0.15
 
 
 def test_cuda_graph_refuses_on_cpu_with_one_line(small):
     from classwise.errors import ConfigError
-    from classwise.patterns.search import SearchConfig, search_patterns
+    from classwise.patterns.search import ImageSet, SearchConfig, SearchOptions, search_patterns
 
     model, pool, labels, canvases = small
     with pytest.raises(ConfigError, match="search.cuda_graph=true needs a CUDA device") as err:
-        search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(steps=1, cuda_graph=True), progress=False)
+        search_patterns(model, canvases[:1], [0], ImageSet(pool, labels), SearchConfig(steps=1, cuda_graph=True),
+                        SearchOptions(progress=False))
     assert "\n" not in str(err.value)
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from classwise.attacks.pgd import robust_accuracy
+from classwise.attacks.pgd import PGDBudget, robust_accuracy
 from classwise.data.synthetic import make_synthetic
 from classwise.patterns import (
     BaselinesConfig,
@@ -26,8 +26,10 @@ from classwise.patterns import (
 )
 from classwise.patterns.baselines import UAPConfig
 from classwise.patterns.canvas import choose_candidates
-from classwise.patterns.evaluate import attack_success_rates, base_rates, predict
+from classwise.patterns.chunking import RunOptions
+from classwise.patterns.evaluate import EvalOptions, attack_success_rates, base_rates, predict
 from classwise.patterns.neural_cleanse import NeuralCleanseConfig, neural_cleanse
+from classwise.patterns.search import ImageSet, SearchOptions
 from tests.conftest import read_json, stamp
 
 SIZE, CLASSES, PATCH, TOP, LEFT = 16, 4, 4, 3, 9
@@ -112,7 +114,7 @@ def test_search_baselines_and_neural_cleanse_run_in_eval_mode_and_leave_the_mode
         )
         assert len(patterns) == 3 and all(len(p.candidates) == 2 for p in patterns)
         _assert_untouched(bn_net, before)
-        neural_cleanse(bn_net, [0, 1, 2], te_x[:200], te_y[:200], _tiny_neural_cleanse(), progress=False)
+        neural_cleanse(bn_net, [0, 1, 2], ImageSet(te_x[:200], te_y[:200]), _tiny_neural_cleanse(), RunOptions(progress=False))
         _assert_untouched(bn_net, before)
     finally:
         for h in handles:
@@ -159,8 +161,8 @@ def test_the_memory_probe_of_every_pass_runs_in_eval_mode_on_a_model_left_in_tra
             progress=False,
         )
         predict(bn_net, te_x[:50])
-        robust_accuracy(bn_net, te_x[:20], te_y[:20], eps=0.03, step_size=0.01, steps=2)  # PGD-20 after `test`
-        neural_cleanse(bn_net, [0, 1], te_x[:100], te_y[:100], _tiny_neural_cleanse(), progress=False)
+        robust_accuracy(bn_net, te_x[:20], te_y[:20], PGDBudget(eps=0.03, step_size=0.01, steps=2))  # PGD-20 after `test`
+        neural_cleanse(bn_net, [0, 1], ImageSet(te_x[:100], te_y[:100]), _tiny_neural_cleanse(), RunOptions(progress=False))
     finally:
         for h in handles:
             h.remove()
@@ -182,7 +184,8 @@ def test_the_model_is_given_back_when_the_search_fails(bn_net):
     handle = bn_net.register_forward_pre_hook(fail_on_third)
     try:
         with pytest.raises(RuntimeError, match="simulated"):
-            search_patterns(bn_net, tr_x[:2], [0, 1], te_x[:100], te_y[:100], SearchConfig(steps=10), progress=False)
+            search_patterns(bn_net, tr_x[:2], [0, 1], ImageSet(te_x[:100], te_y[:100]), SearchConfig(steps=10),
+                            SearchOptions(progress=False))
     finally:
         handle.remove()
     _assert_untouched(bn_net, before)
@@ -346,12 +349,13 @@ def test_asr_and_base_rate_by_hand():
     pixels = torch.stack([p for _, p in patterns])
     targets = torch.tensor([2, 0, 1])
     expected = [2 / 4, 2 / 3, 1 / 3]
-    assert attack_success_rates(model, canvases, pixels, targets, x, y).tolist() == pytest.approx(expected)
+    assert attack_success_rates(model, canvases, pixels, targets, ImageSet(x, y)).tolist() == pytest.approx(expected)
     # One image and one pattern per forward pass: the same numbers.
-    assert attack_success_rates(model, canvases, pixels, targets, x, y, max_forward=1).tolist() == pytest.approx(expected)
+    assert attack_success_rates(model, canvases, pixels, targets, ImageSet(x, y), EvalOptions(max_forward=1)).tolist() == pytest.approx(expected)
     # Additive (the UAP's evaluation): pixel 2 += 0.35 flips image 4 (0.35 > 0.3), not 1 (0.45 < 0.8): 2 of 4.
     delta, pix = one(2, 0.35)
-    assert attack_success_rates(model, delta[None], pix[None], torch.tensor([2]), x, y, additive=True).tolist() == [0.5]
+    assert attack_success_rates(model, delta[None], pix[None], torch.tensor([2]), ImageSet(x, y),
+                                EvalOptions(additive=True)).tolist() == [0.5]
 
     pred = predict(model, x)
     assert pred.tolist() == [0, 1, 2, 2, 1]

@@ -30,7 +30,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from classwise.models import build_model
 from classwise.patterns.evaluate import attack_successes
-from classwise.patterns.search import SearchConfig, search_patterns, top_pixels
+from classwise.patterns.search import (
+    ImageSet,
+    SearchConfig,
+    SearchOptions,
+    search_patterns,
+    top_pixels,
+)
 from classwise.reporting.results import environment
 
 
@@ -109,17 +115,18 @@ def bench_model(name: str, channels: int, size: int, classes: int, steps: int, p
     batch = classes * cfg.batch_size
     pix = top_pixels(torch.rand(classes, 1, size, size), 0.05)
     images, image_labels = pool[:eval_n], labels[:eval_n]
-    search_patterns(model, canvases[:1], [0], pool, labels, SearchConfig(steps=2), progress=False)  # warm-up
+    quiet = SearchOptions(progress=False)
+    search_patterns(model, canvases[:1], [0], ImageSet(pool, labels), SearchConfig(steps=2), quiet)  # warm-up
     seconds: dict[str, list[float]] = {k: [] for k in ("batched", "loop", "authors", "plain", "eval", "infer")}
     n_infer = max(1, classes * eval_n // 256)  # 256-image inference passes, about the evaluation's images
     for _ in range(rounds):
-        seconds["batched"].append(_timed(lambda: search_patterns(model, canvases, targets, pool, labels, cfg, progress=False)))
-        seconds["loop"].append(_timed(lambda: [search_patterns(model, canvases[k : k + 1], [k], pool, labels, cfg,
-                                                               progress=False) for k in targets]))
+        seconds["batched"].append(_timed(lambda: search_patterns(model, canvases, targets, ImageSet(pool, labels), cfg, quiet)))
+        seconds["loop"].append(_timed(lambda: [search_patterns(model, canvases[k : k + 1], [k], ImageSet(pool, labels), cfg,
+                                                               quiet) for k in targets]))
         seconds["authors"].append(_timed(lambda: authors_loop(model, canvases, targets, pool, labels, cfg, per_round)))
         seconds["plain"].append(per_round * batch / plain_grad_rate(model, pool[:batch], labels[:batch], per_round))
-        seconds["eval"].append(_timed(lambda: attack_successes(model, canvases, pix, torch.tensor(targets), images,
-                                                               image_labels)))
+        seconds["eval"].append(_timed(lambda: attack_successes(model, canvases, pix, torch.tensor(targets),
+                                                               ImageSet(images, image_labels))))
         seconds["infer"].append(n_infer * 256 / inference_rate(model, pool, 256, n_infer))
 
     def ratio(num: str, den: str) -> float:

@@ -14,7 +14,7 @@ from classwise.models.external import build_classifier  # noqa: F401 - re-export
 
 
 def destroy_process_group() -> None:
-    """Registered at exit: without it about a third of gloo runs abort while exiting."""
+    """Registered at exit: without it gloo runs can abort while exiting (docs/clusters.md)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

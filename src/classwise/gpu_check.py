@@ -23,7 +23,13 @@ from classwise.bench import plain_grad_rate
 from classwise.models import build_model
 from classwise.patterns.chunking import images_per_pass
 from classwise.patterns.evaluate import attack_success_rates
-from classwise.patterns.search import SearchConfig, search_patterns, top_pixels
+from classwise.patterns.search import (
+    ImageSet,
+    SearchConfig,
+    SearchOptions,
+    search_patterns,
+    top_pixels,
+)
 
 # name -> (model, image size, classes for (a)/(b), pool images, steps, classes for (c)); GPU and CPU sizes.
 GPU_SIZES = {"cifar": ("resnet18", 32, 10, 2000, 50, 1000), "imagenet": ("resnet50", 224, 10, 400, 10, 1000)}
@@ -63,16 +69,16 @@ def search_speed(name: str, sizes: tuple, device: torch.device) -> list[dict]:
     rows = []
     for precision in ("32", "bf16"):
         cfg = SearchConfig(batch_size=4, steps=steps, precision=precision)
-        search_patterns(model, canvases, targets, pool, labels, SearchConfig(batch_size=4, steps=1, precision=precision),
-                        progress=False)  # warm-up: cuDNN choice, allocator
+        search_patterns(model, canvases, targets, ImageSet(pool, labels), SearchConfig(batch_size=4, steps=1, precision=precision),
+                        SearchOptions(progress=False))  # warm-up: cuDNN choice, allocator
         result: dict = {}
 
         def run(cfg=cfg, result=result) -> None:
-            result["r"] = search_patterns(model, canvases, targets, pool, labels, cfg, progress=False)
+            result["r"] = search_patterns(model, canvases, targets, ImageSet(pool, labels), cfg, SearchOptions(progress=False))
 
         seconds = _timed(run, device)
         pix = top_pixels(result["r"].masks, 0.05, result["r"].scores)
-        asr = attack_success_rates(model, canvases, pix, torch.tensor(targets), pool, labels)
+        asr = attack_success_rates(model, canvases, pix, torch.tensor(targets), ImageSet(pool, labels))
         rate = steps * batch / seconds
         rows.append({"data": name, "model": f"{arch} {size}x{size}", "precision": precision, "classes": classes,
                      "steps": steps, "plain img/s": round(plain, 1), "search img/s": round(rate, 1),
@@ -88,8 +94,8 @@ def many_classes(name: str, sizes: tuple, device: torch.device) -> dict:
     pool, labels, canvases = _data(size, classes_c, 4 * classes_c)
     per_pass = images_per_pass(model, (3, size, size), None, backward=True)
     cfg = SearchConfig(batch_size=4, steps=1)
-    seconds = _timed(lambda: search_patterns(model, canvases, list(range(classes_c)), pool, labels, cfg,
-                                             progress=False), device)
+    seconds = _timed(lambda: search_patterns(model, canvases, list(range(classes_c)), ImageSet(pool, labels), cfg,
+                                             SearchOptions(progress=False)), device)
     return {"data": name, "model": f"{arch} {size}x{size}", "classes": classes_c, "images per pass": per_pass,
             "chunks": -(-classes_c // max(1, per_pass // 4)), "s per step": round(seconds, 3)}
 

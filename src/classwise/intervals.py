@@ -1,29 +1,37 @@
-"""95% confidence intervals of attack success rates (Wilson score), in plain Python for every reader."""
+"""95% confidence intervals of attack success rates: Wilson score intervals, from scipy."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from statistics import NormalDist
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
 
 
+# Cached: binomtest computes a p-value besides the interval, far slower than the closed form
+# (docs/speed.md), and the sequential evaluation asks for the same (hits, n, z) at every look of
+# every pattern still running.
+@lru_cache(maxsize=1 << 16)
 def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval (lo, hi) of the proportion hits / n; (0, 1) when n = 0.
+    """Wilson score interval (lo, hi) of the proportion hits / n at `z`; (0, 1) when n = 0.
 
     Unlike the normal approximation p +- z*sqrt(p(1-p)/n), it stays inside [0, 1] and keeps a
     sensible width at rates of 0 and 1, where most baselines and the strongest patterns sit.
+    scipy takes a confidence level, so `z` goes in as the two-sided level 2 * Phi(z) - 1 (the
+    sequential evaluation's z is not 95%'s). Its ends are exact at 0 and n hits; the clip only
+    removes rounding.
     """
+    # Imported here, not with the module: every CLI start (a refused config included) would pay
+    # scipy.stats' import through classwise.patterns.
+    from scipy.special import ndtr
+    from scipy.stats import binomtest
+
     if n <= 0:
         return 0.0, 1.0
-    p = hits / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    # Exact ends at 0 and n hits (the formula gives them up to rounding).
-    return (0.0 if hits == 0 else max(0.0, center - half)), (1.0 if hits == n else min(1.0, center + half))
+    ci = binomtest(int(hits), int(n)).proportion_ci(confidence_level=2 * float(ndtr(z)) - 1, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 FIRST_LOOK = 128  # images of the seeded order at a sequential evaluation's first look; each look doubles it
@@ -44,9 +52,9 @@ def look_schedule(n_images: int) -> list[int]:
 def sequential_z(n_images: int) -> float:
     """z of the intervals of a sequential evaluation over `n_images`: Bonferroni over its looks.
 
-    Stopping at the first look whose 95% Wilson interval is narrow enough keeps coverage near 93%
-    (rates near 0.03 stop early on a lucky streak); spending 5% / looks at each look keeps it at or
-    above 95% whatever look the rule stops at.
+    Stopping at the first look whose 95% Wilson interval is narrow enough covers too little: a
+    lucky early streak stops early (docs/scale.md has the simulated coverage). Spending 5% / looks
+    at each look keeps coverage at or above 95% whatever look the rule stops at.
     """
     return NormalDist().inv_cdf(1 - 0.05 / (2 * len(look_schedule(n_images))))
 

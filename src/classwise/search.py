@@ -27,6 +27,7 @@ from classwise.launch import set_reproducible
 from classwise.models.external import load_model
 from classwise.models.loading import read_checkpoint
 from classwise.pipeline.search_step import SearchJob, run_pattern_search
+from classwise.pipeline.settings import parse_settings
 from classwise.progress import quiet_libraries
 from classwise.ranks import Ranks
 from classwise.reporting.results import read_results, update_results
@@ -114,8 +115,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
             return None
         from classwise.pipeline.transfer import run_transfer
 
-        summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, cfg.search.evaluation.max_per_class,
-                                            eval_ci=cfg.search.evaluation.ci, seed=int(cfg.search.seed))}
+        summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, parse_settings(cfg.search))}
     else:
         job = SearchJob.of(cfg.search, plain(cfg.get("detector")), cfg.get("threat_model", "clean_data"),
                            trigger=trigger, target_class=target, progress=rank == 0)
@@ -129,11 +129,10 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         run["architecture"] = model_cfg.get("_target_") or model_cfg.get("arch")
     metrics = {"clean_acc": clean_accuracy(model, dm)}
     if cfg.get("robust_eval"):
-        from classwise.attacks.pgd import AdversarialTraining
+        from classwise.attacks.pgd import robust_evaluation
 
         adv = cfg.dataset.adversarial if "adversarial" not in dataset_cfg else dataset_cfg["adversarial"]
-        metrics.update(AdversarialTraining(eps=adv["eps"], step_size=adv["step_size"], steps=adv["steps"],
-                                           seed=cfg.seed).evaluate(model, dm))
+        metrics.update(robust_evaluation(adv, cfg.seed).evaluate(model, dm))
     if poisoner is not None:
         metrics.update(poisoner.evaluate(model, dm))
     update_results(output_dir, run=run, metrics=metrics)

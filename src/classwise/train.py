@@ -185,10 +185,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = {"clean_acc": float(test_metrics["test/clean_acc"])}
     robust = adversary
     if robust is None and cfg.get("robust_eval"):
-        from classwise.attacks.pgd import AdversarialTraining
+        from classwise.attacks.pgd import robust_evaluation
 
-        adv = cfg.dataset.adversarial
-        robust = AdversarialTraining(eps=adv.eps, step_size=adv.step_size, steps=adv.steps, seed=cfg.seed)
+        robust = robust_evaluation(cfg.dataset.adversarial, cfg.seed)
     if trainer.global_rank != 0:
         return {}
     metrics.update(evaluate_extras(trainer, module, (poisoner, robust), dm))

@@ -153,12 +153,6 @@ class ClasswiseDataModule(L.LightningDataModule):
             idx = idx[:max_items]
         return dataset.batch(idx, raw=True) if raw and split in ("search", "eval") else dataset.batch(idx)
 
-    def train_class_indices(self, target_class: int) -> torch.Tensor:
-        """Training-split indices whose label (as trained, so poisoned labels count) is `target_class`."""
-        self.setup()
-        idx = self.splits["train"]
-        return idx[self.train_set.targets[idx] == target_class]
-
     # ---- loaders -------------------------------------------------------------------------------
     def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int, sampler=None) -> DataLoader:
         return DataLoader(

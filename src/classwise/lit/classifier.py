@@ -44,9 +44,9 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    # `channels_last`: NHWC weights and batches while training only (1.7x the images/s of small_cnn's
-    # training step on a 2-core CPU, docs/speed.md); the model is put back in the default layout when training
-    # ends, so what follows (the search, checkpoints reloaded by classwise-search) sees the usual one.
+    # `channels_last`: NHWC weights and batches while training only, where the layout pays (on a CPU
+    # too: docs/speed.md); the model is put back in the default layout when training ends, so what
+    # follows (the search, checkpoints reloaded by classwise-search) sees the usual one.
     def setup(self, stage: str) -> None:  # before a strategy wraps the model (DDP buckets follow the layout)
         if self.channels_last and stage == "fit":
             self.model.to(memory_format=torch.channels_last)

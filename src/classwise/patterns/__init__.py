@@ -2,10 +2,12 @@
 
 from classwise.patterns.canvas import CanvasConfig, CanvasPool
 from classwise.patterns.classwise import ClassPattern, SearchData, classwise_patterns
-from classwise.patterns.evaluate import attack_success_rates, predict
+from classwise.patterns.evaluate import EvalOptions, attack_success_rates, predict
 from classwise.patterns.search import (
+    ImageSet,
     PatternResult,
     SearchConfig,
+    SearchOptions,
     paste,
     search_patterns,
     top_pixels,
@@ -13,7 +15,7 @@ from classwise.patterns.search import (
 from classwise.patterns.settings import BaselinesConfig, EvalConfig, SearchSettings
 
 __all__ = [
-    "BaselinesConfig", "CanvasConfig", "CanvasPool", "ClassPattern", "EvalConfig", "PatternResult", "SearchConfig",
-    "SearchData", "SearchSettings",
+    "BaselinesConfig", "CanvasConfig", "CanvasPool", "ClassPattern", "EvalConfig", "EvalOptions", "ImageSet",
+    "PatternResult", "SearchConfig", "SearchData", "SearchOptions", "SearchSettings",
     "attack_success_rates", "classwise_patterns", "paste", "predict", "search_patterns", "top_pixels",
 ]

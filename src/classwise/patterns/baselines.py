@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -10,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from classwise.errors import ConfigError
-from classwise.patterns.chunking import class_chunks, images_per_pass
+from classwise.patterns.chunking import RunOptions, class_chunks, images_per_pass
 from classwise.patterns.search import (
+    ImageSet,
     OtherClassBatches,
     as_float,
     frozen,
-    pattern_pixel_count,
     top_pixels,
 )
 from classwise.progress import tqdm
@@ -65,16 +64,6 @@ def attribution_map(model: nn.Module, canvases: torch.Tensor, targets: torch.Ten
     return torch.cat(out)
 
 
-def top_k_of_map(attr: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean [K, 1, H, W]: the k highest values of each map (ties: lower pixel index first)."""
-    k_count, h, w = attr.shape
-    k = pattern_pixel_count(ratio, h, w)
-    order = torch.sort(attr.reshape(k_count, -1), dim=1, descending=True, stable=True).indices[:, :k]
-    out = torch.zeros(k_count, h * w, dtype=torch.bool)
-    out.scatter_(1, order, True)
-    return out.view(k_count, 1, h, w)
-
-
 @dataclass
 class UAPConfig:
     """A targeted universal perturbation per class, L-infinity `eps`, signed-gradient steps."""
@@ -89,31 +78,32 @@ class UAPConfig:
 def targeted_uaps(
     model: nn.Module,
     targets: list[int],
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
-    cfg: UAPConfig = UAPConfig(),
-    progress: bool = True,
-    max_forward: int | None = None,
+    pool: ImageSet,
+    cfg: UAPConfig | None = None,
+    run: RunOptions | None = None,
 ) -> torch.Tensor:
     """[K, C, H, W] perturbations in [-eps, eps]: each pushes other-class pool images to its target.
 
-    Each step passes the classes in chunks of at most `max_forward` images (null: from memory);
+    Each step passes the classes in chunks of at most `run.max_forward` images (None: from memory);
     a class's perturbation only sees its own images, so chunks do not change it.
     """
+    cfg = cfg if cfg is not None else UAPConfig()
+    pool_images, pool_labels = pool
+    run = run or RunOptions()
     device = next(model.parameters()).device
     k = len(targets)
     _, c, h, w = pool_images.shape
     step = cfg.step_size if cfg.step_size is not None else cfg.eps / 10
     delta = torch.zeros(k, c, h, w, device=device)
     tgt = torch.tensor(targets, device=device)
-    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 4_000_000)
-    pool = pool_images.to(device)
-    chunks = list(class_chunks(k, cfg.batch_size, images_per_pass(model, (c, h, w), max_forward, backward=True)))
+    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, [4_000_000 + t for t in targets])
+    pool_x = pool_images.to(device)
+    chunks = list(class_chunks(k, cfg.batch_size, images_per_pass(model, (c, h, w), run.max_forward, backward=True)))
     with frozen(model):
-        for _ in tqdm(range(cfg.steps), desc=f"UAP ({k} classes)", disable=not progress, leave=False):
+        for _ in tqdm(range(cfg.steps), desc=f"UAP ({k} classes)", disable=not run.progress, leave=False):
             idx = batches.next().to(device)  # [K, B]
             for sl in chunks:
-                x = as_float(pool[idx[sl]])  # [k, B, C, H, W]
+                x = as_float(pool_x[idx[sl]])  # [k, B, C, H, W]
                 d = delta[sl].clone().requires_grad_(True)
                 adv = (x + d.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
                 ce = F.cross_entropy(model(adv), tgt[sl].repeat_interleave(cfg.batch_size), reduction="none")
@@ -121,11 +111,6 @@ def targeted_uaps(
                 with torch.no_grad():
                     delta[sl] = (d - step * grad.sign()).clamp(-cfg.eps, cfg.eps)
     return delta.detach().cpu()
-
-
-def top_k_of_perturbation(delta: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Boolean [K, 1, H, W]: the k pixels where the perturbation is largest (L1 over channels)."""
-    return top_k_of_map(delta.abs().sum(1), ratio)
 
 
 @dataclass
@@ -151,11 +136,9 @@ def universal_patches(
     model: nn.Module,
     targets: list[int],
     ratios: list[float],
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
-    cfg: PatchConfig = PatchConfig(),
-    progress: bool = True,
-    max_forward: int | None = None,
+    pool: ImageSet,
+    cfg: PatchConfig | None = None,
+    run: RunOptions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [K, R, C, H, W] in [0, 1], pixels [K, R, 1, H, W] bool): a universal patch per class and ratio.
 
@@ -173,23 +156,26 @@ def universal_patches(
     (cross-entropy), closing the gap between the soft blend it was trained under and the paste it
     is evaluated with. Other-class batches come from each class's own generator, as in the UAP.
     """
+    cfg = cfg if cfg is not None else PatchConfig()
+    pool_images, pool_labels = pool
+    run = run or RunOptions()
     device = next(model.parameters()).device
     k, r_count = len(targets), len(ratios)
     _, c, h, w = pool_images.shape
     b = cfg.batch_size
     tgt = torch.tensor(targets, device=device)
-    batches = OtherClassBatches(pool_labels, targets, b, cfg.seed, 5_000_000)
-    pool = pool_images.to(device)
-    per_pass = images_per_pass(model, (c, h, w), max_forward, backward=True)
+    batches = OtherClassBatches(pool_labels, targets, b, cfg.seed, [5_000_000 + t for t in targets])
+    pool_x = pool_images.to(device)
+    per_pass = images_per_pass(model, (c, h, w), run.max_forward, backward=True)
     mask_logit = torch.zeros(k, 1, h, w, device=device, requires_grad=True)  # m = 0.5, the search's mask_init
     value_logit = torch.zeros(k, c, h, w, device=device, requires_grad=True)  # v = 0.5
     opt = torch.optim.Adam([mask_logit, value_logit], lr=cfg.lr)
     with frozen(model):
-        for _ in tqdm(range(cfg.steps), desc=f"universal patch ({k} classes)", disable=not progress, leave=False):
+        for _ in tqdm(range(cfg.steps), desc=f"universal patch ({k} classes)", disable=not run.progress, leave=False):
             idx = batches.next().to(device)  # [K, B]
             opt.zero_grad(set_to_none=True)
             for sl in class_chunks(k, b, per_pass):
-                x = as_float(pool[idx[sl]])  # [k, B, C, H, W]
+                x = as_float(pool_x[idx[sl]])  # [k, B, C, H, W]
                 m = torch.sigmoid(mask_logit[sl]).unsqueeze(1)  # [k, 1, 1, H, W]
                 v = torch.sigmoid(value_logit[sl]).unsqueeze(1)  # [k, 1, C, H, W]
                 ce = F.cross_entropy(model((m * v + (1 - m) * x).flatten(0, 1)), tgt[sl].repeat_interleave(b),
@@ -204,18 +190,13 @@ def universal_patches(
         pix = pixels.flatten(0, 1).unsqueeze(1)  # [K*R, 1, 1, H, W]
         tgt_kr = tgt.repeat_interleave(r_count)
         opt = torch.optim.Adam([fine], lr=cfg.lr)
-        for _ in tqdm(range(cfg.finetune_steps), desc="universal patch values", disable=not progress, leave=False):
+        for _ in tqdm(range(cfg.finetune_steps), desc="universal patch values", disable=not run.progress, leave=False):
             idx = batches.next().to(device).repeat_interleave(r_count, 0)  # [K*R, B]: a class's ratios share a batch
             opt.zero_grad(set_to_none=True)
             for sl in class_chunks(k * r_count, b, per_pass):
-                x = as_float(pool[idx[sl]])  # [n, B, C, H, W]
+                x = as_float(pool_x[idx[sl]])  # [n, B, C, H, W]
                 pasted = torch.where(pix[sl], torch.sigmoid(fine[sl]).unsqueeze(1), x).flatten(0, 1)
                 F.cross_entropy(model(pasted), tgt_kr[sl].repeat_interleave(b)).mul(sl.stop - sl.start).backward()
             opt.step()
         values = torch.sigmoid(fine).detach().view(k, r_count, c, h, w)
     return values.cpu(), pixels.cpu()
-
-
-def mean_or_nan(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")

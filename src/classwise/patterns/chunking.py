@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 MEMORY_SHARE = 0.5  # of the device's free memory one pass may take (the rest: the model, the pool, fragmentation)
 CPU_FORWARD = 2048  # images per pass where the device reports no memory (CPU): a cache-friendly size
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How an optimised baseline or detector (UAP, universal patch, Neural Cleanse) runs, apart from
+    its config: at most `max_forward` images a pass (None: from the device's memory) and a progress bar."""
+
+    max_forward: int | None = None
+    progress: bool = True
 
 
 @contextmanager

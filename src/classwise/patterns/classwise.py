@@ -13,8 +13,6 @@ from classwise.errors import ConfigError
 from classwise.patterns.baselines import (
     attribution_map,
     targeted_uaps,
-    top_k_of_map,
-    top_k_of_perturbation,
     universal_patches,
 )
 from classwise.patterns.canvas import (
@@ -22,8 +20,10 @@ from classwise.patterns.canvas import (
     check_canvas_index,
     choose_candidates,
 )
+from classwise.patterns.chunking import RunOptions
 from classwise.patterns.evaluate import (
     EVAL_ORDER_KEY,
+    EvalOptions,
     Rates,
     attack_success_rates,
     attack_successes,
@@ -31,6 +31,8 @@ from classwise.patterns.evaluate import (
     random_pixels,
 )
 from classwise.patterns.search import (
+    ImageSet,
+    SearchOptions,
     mask_pixels,
     pattern_pixel_count,
     search_patterns,
@@ -124,9 +126,9 @@ def classwise_patterns(
         canvases = canvas_pool.fetch(torch.tensor([idx for _, _, idx in flat]))
     with timer("search"):
         result = search_patterns(
-            model, canvases, [t for t, _, _ in flat], search_x, search_y, search_cfg,
-            stream_keys=[t * CANDIDATE_STRIDE + j for t, j, _ in flat], progress=progress,
-            description=f"pattern search ({len(targets)} classes)",
+            model, canvases, [t for t, _, _ in flat], ImageSet(search_x, search_y), search_cfg,
+            SearchOptions(stream_keys=[t * CANDIDATE_STRIDE + j for t, j, _ in flat], progress=progress,
+                          description=f"pattern search ({len(targets)} classes)"),
         )
 
     # 2. best_of_k: keep the candidate with the highest mean ASR on the *search* pool.
@@ -138,7 +140,7 @@ def classwise_patterns(
         f, r_count = pix.shape[:2]
         asr = attack_success_rates(
             model, result.canvases.repeat_interleave(r_count, 0), pix.flatten(0, 1),
-            result.target_classes.repeat_interleave(r_count), search_x, search_y, max_forward=eval_forward,
+            result.target_classes.repeat_interleave(r_count), ImageSet(search_x, search_y), EvalOptions(max_forward=eval_forward),
         ).view(f, r_count).mean(1)
         l1 = result.mask_l1
         for i, (t, _, idx) in enumerate(flat):
@@ -167,15 +169,16 @@ def classwise_patterns(
         """Rates [K, R'] of per-class images [K, C, H, W] pasted (or added) at pix [K, R', 1, H, W]."""
         reps = pix.shape[1]
         return attack_successes(
-            model, images.repeat_interleave(reps, 0), pix.flatten(0, 1), tgt.repeat_interleave(reps), eval_x, eval_y,
-            additive=additive, half_width=eval_ci, order_seed=order_seed, progress=progress,
-            description=f"evaluating {what}", max_forward=eval_forward,
+            model, images.repeat_interleave(reps, 0), pix.flatten(0, 1), tgt.repeat_interleave(reps), ImageSet(eval_x, eval_y),
+            EvalOptions(additive=additive, half_width=eval_ci, order_seed=order_seed, progress=progress,
+                        description=f"evaluating {what}", max_forward=eval_forward),
         ).view(k_count, reps)
 
     with timer("evaluation"):
         asr = held_out(canv, torch.stack([top_pixels(masks, r, scores) for r in ratios], 1))  # [K, R]
         # sequential like the patterns: same order, same stopping rule
-        base = held_out_base_rates(model, eval_x, eval_y, tgt, eval_ci, order_seed, eval_forward)  # [K]
+        base = held_out_base_rates(model, ImageSet(eval_x, eval_y), tgt,
+                                   EvalOptions(max_forward=eval_forward, half_width=eval_ci, order_seed=order_seed))  # [K]
     baseline_rates: dict[str, Rates] = {}  # name -> [K, R]
     if "random" in baselines:
         with timer("baselines.random"):
@@ -188,13 +191,13 @@ def classwise_patterns(
         if method in baselines:
             with timer(f"baselines.{method}"):
                 attr = attribution_map(model, canv, tgt, method, search_cfg.max_forward)
-                baseline_rates[method] = held_out(canv, torch.stack([top_k_of_map(attr, r) for r in ratios], 1), what=method)
+                baseline_rates[method] = held_out(canv, torch.stack([top_pixels(attr.unsqueeze(1), r) for r in ratios], 1), what=method)
     if "uap" in baselines:
         with timer("baselines.uap"):
-            deltas = targeted_uaps(model, targets, search_x, search_y, settings.baselines.uap, progress,
-                                   search_cfg.max_forward)
+            deltas = targeted_uaps(model, targets, ImageSet(search_x, search_y), settings.baselines.uap,
+                                   RunOptions(search_cfg.max_forward, progress))
             full = torch.ones(k_count, 1, 1, h, w, dtype=torch.bool)
-            topk = torch.stack([top_k_of_perturbation(deltas, r) for r in ratios], 1)  # [K, R, 1, H, W]
+            topk = torch.stack([top_pixels(deltas.abs().sum(1, keepdim=True), r) for r in ratios], 1)  # [K, R, 1, H, W]: largest L1 over channels
             uap = held_out(deltas, torch.cat([full, topk], 1), additive=True, what="UAPs")  # [K, 1 + R]
             baseline_rates["uap_topk"] = Rates(uap.hits[:, 1:], uap.n[:, 1:])
             # The dense UAP has no pixel budget: the same value at every ratio.
@@ -202,12 +205,12 @@ def classwise_patterns(
     if "universal_patch" in baselines:
         with timer("baselines.universal_patch"):
             patch_cfg = settings.baselines.universal_patch
-            values, patch_pix = universal_patches(model, targets, ratios, search_x, search_y, patch_cfg, progress,
-                                                  search_cfg.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
+            values, patch_pix = universal_patches(model, targets, ratios, ImageSet(search_x, search_y), patch_cfg,
+                                                  RunOptions(search_cfg.max_forward, progress))  # [K, R, C, H, W], [K, R, 1, H, W]
             baseline_rates["universal_patch"] = attack_successes(
-                model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), eval_x, eval_y,
-                half_width=eval_ci, order_seed=order_seed, progress=progress,
-                description="evaluating universal patches", max_forward=eval_forward,
+                model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), ImageSet(eval_x, eval_y),
+                EvalOptions(half_width=eval_ci, order_seed=order_seed, progress=progress,
+                            description="evaluating universal patches", max_forward=eval_forward),
             ).view(k_count, r_count)
     ties = [tie_counts(masks, r) for r in ratios]  # per ratio: ([K] non-zero, [K] decided by the tie-break)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import median  # even count: the mean of the two middles (torch's: the lower)
 from typing import Any
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD estimate the standard deviation of a normal distribution
@@ -17,14 +18,6 @@ EMPTY_MASK_L1 = 1e-6
 PRIMARY = "log_mask_l1"
 
 
-def median(values: Sequence[float]) -> float:
-    """The statistical median (the mean of the two middle values for an even count; `torch.median`
-    returns the lower one, a known slip in detectors built on it)."""
-    if not len(values):
-        raise ValueError("median of no values")
-    return float(statistics.median(float(v) for v in values))
-
-
 def anomaly_indices(values: Sequence[float]) -> list[float]:
     """|v - median| / (1.4826 * MAD) per value; 0 everywhere when the MAD is 0 and all agree."""
     med = median(values)
@@ -34,16 +27,29 @@ def anomaly_indices(values: Sequence[float]) -> list[float]:
     return [abs(v - med) / mad for v in values]
 
 
+@dataclass(frozen=True)
+class MADRule:
+    """What `detect` flags: classes whose `statistic` lies beyond `threshold` anomaly indices on the
+    `suspicious` side ("small": below the median, as a trigger's mask is; "large": above it)."""
+
+    statistic: str
+    suspicious: str = "small"
+    threshold: float = THRESHOLD
+
+    def __post_init__(self) -> None:
+        if self.suspicious not in ("small", "large"):
+            raise ValueError(f"suspicious={self.suspicious!r}; accepted: small, large")
+
+
 def detect(
     values: Sequence[float],
-    statistic: str,
-    suspicious: str = "small",
-    threshold: float = THRESHOLD,
+    rule: MADRule,
     class_indices: Sequence[int] | None = None,
     scored: Sequence[bool] | None = None,
     reference: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
-    """The MAD detection block: flagged classes are beyond `threshold` on the suspicious side.
+    """The MAD detection block of `rule.statistic`: flagged classes are beyond `rule.threshold` on the
+    suspicious side.
 
     `reference` (all when None) are the classes whose values form the median and MAD; every one of
     them gets an anomaly index, the others None. Only `scored` classes (default: the reference) can
@@ -53,8 +59,7 @@ def detect(
     signed index (median - value) / (1.4826 MAD) on the suspicious side among the scored classes
     (0 when none is scored): one number per model, the larger the more one class stands out.
     """
-    if suspicious not in ("small", "large"):
-        raise ValueError(f"suspicious={suspicious!r}; accepted: small, large")
+    suspicious, threshold = rule.suspicious, rule.threshold
     classes = list(class_indices) if class_indices is not None else list(range(len(values)))
     ref = [True] * len(values) if reference is None else [bool(k) for k in reference]
     keep = ref if scored is None else [bool(k) for k in scored]
@@ -78,7 +83,7 @@ def detect(
     ]
     predicted = max(flagged, key=lambda c: idx[classes.index(c)]) if flagged else None
     return {
-        "statistic": statistic, "suspicious_side": suspicious, "threshold": threshold,
+        "statistic": rule.statistic, "suspicious_side": suspicious, "threshold": threshold,
         "classes": classes, "values": [float(v) for v in values], "median": med,
         "anomaly_index": [None if a is None else float(min(a, 1e6)) for a in idx],
         "not_scored": [c for c, k in zip(classes, keep, strict=True) if not k],
@@ -111,9 +116,9 @@ def pattern_detection(
     nonempty = [m > EMPTY_MASK_L1 for m in mask_l1]
     scored = [a >= asr_gate and e for a, e in zip(asr, nonempty, strict=True)]
     stats = {
-        "log_mask_l1": detect([math.log(max(v, EMPTY_MASK_L1)) for v in mask_l1], "log_mask_l1", "small", threshold,
+        "log_mask_l1": detect([math.log(max(v, EMPTY_MASK_L1)) for v in mask_l1], MADRule("log_mask_l1", "small", threshold),
                               class_indices=classes, scored=scored, reference=nonempty),
-        "mask_l1": detect(list(mask_l1), "mask_l1", "small", threshold, class_indices=classes, scored=scored,
+        "mask_l1": detect(list(mask_l1), MADRule("mask_l1", "small", threshold), class_indices=classes, scored=scored,
                           reference=nonempty),
     }
     return {**stats[PRIMARY], "primary": PRIMARY, "statistics": stats, "not_scored_mask": [not s for s in scored],

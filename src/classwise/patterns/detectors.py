@@ -151,21 +151,26 @@ class UniversalPatchDetector(Detector):
         from dataclasses import replace
 
         from classwise.patterns.baselines import universal_patches
-        from classwise.patterns.evaluate import EVAL_ORDER_KEY, attack_successes, eval_order
-        from classwise.patterns.search import stream_seed
+        from classwise.patterns.chunking import RunOptions
+        from classwise.patterns.evaluate import (
+            EVAL_ORDER_KEY,
+            EvalOptions,
+            attack_successes,
+            eval_order,
+        )
+        from classwise.patterns.search import ImageSet, stream_seed
 
         start = time.perf_counter()
         if not classes:
             return {"classes": [], "hits": [], "n": [], "seconds": 0.0}
-        x, y = data.clean
         r_count = len(self.ratios)
-        values, pix = universal_patches(model, classes, self.ratios, x, y, replace(self.patch, seed=data.seed),
-                                        data.progress, data.max_forward)  # [K, R, C, H, W], [K, R, 1, H, W]
+        values, pix = universal_patches(model, classes, self.ratios, ImageSet(*data.clean), replace(self.patch, seed=data.seed),
+                                        RunOptions(data.max_forward, data.progress))  # [K, R, C, H, W], [K, R, 1, H, W]
         ex, ey = data.held_out
         keep = eval_order(len(ey), stream_seed(data.seed, EVAL_ORDER_KEY))[: self.eval_images]  # the same images for all
         rates = attack_successes(model, values.flatten(0, 1), pix.flatten(0, 1),
-                                 torch.tensor(classes).repeat_interleave(r_count), ex[keep], ey[keep],
-                                 max_forward=data.eval_forward).view(len(classes), r_count)
+                                 torch.tensor(classes).repeat_interleave(r_count), ImageSet(ex[keep], ey[keep]),
+                                 EvalOptions(max_forward=data.eval_forward)).view(len(classes), r_count)
         return {"classes": list(classes), "hits": rates.hits.tolist(), "n": rates.n.tolist(),
                 "seconds": round(time.perf_counter() - start, 3)}
 
@@ -328,12 +333,14 @@ class NeuralCleanseDetector(Detector):
         return replace(self.cfg, seed=seed)
 
     def measure(self, model, classes, data) -> dict[str, Any]:
+        from classwise.patterns.chunking import RunOptions
         from classwise.patterns.neural_cleanse import neural_cleanse_masks
+        from classwise.patterns.search import ImageSet
 
         if not classes:
             return {"classes": [], "l1": [], "reached_threshold": [], "epochs_run": [], "seconds": 0.0}
-        x, y = data.clean
-        return neural_cleanse_masks(model, list(classes), x, y, self.config(data.seed), data.progress, data.max_forward)
+        return neural_cleanse_masks(model, list(classes), ImageSet(*data.clean), self.config(data.seed),
+                                    RunOptions(data.max_forward, data.progress))
 
     def decide(self, measured, records, data) -> dict[str, Any]:
         from classwise.patterns.neural_cleanse import nc_detection

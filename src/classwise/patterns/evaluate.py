@@ -9,7 +9,7 @@ from torch import nn
 
 from classwise import intervals
 from classwise.patterns.chunking import images_per_pass
-from classwise.patterns.search import as_float, frozen
+from classwise.patterns.search import ImageSet, as_float, frozen
 from classwise.progress import tqdm
 
 
@@ -73,50 +73,65 @@ def stopped_early(bar, half_width: float, n_seen: int) -> None:
     bar.set_postfix_str(f"stopped: interval \u00b1{half_width:g} reached after {n_seen:,} images", refresh=False)
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `attack_successes` and `held_out_base_rates` run.
+
+    `max_forward`: images per forward pass (None: 256 on CPU, from free memory on a GPU).
+    `additive`: the canvases are perturbations added at the chosen pixels (clipped to [0, 1])
+    instead of pixels pasted (patterns only). `half_width`: sequential evaluation, stopping a rate
+    once its interval is at most +-half_width wide (None: every image), in the random order seeded
+    by `order_seed`. `progress`, `description`: the progress bar (patterns only).
+    """
+
+    max_forward: int | None = None
+    additive: bool = False
+    half_width: float | None = None
+    order_seed: int = 0
+    progress: bool = False
+    description: str = "evaluating patterns"
+
+
 @torch.no_grad()
 def attack_successes(
     model: nn.Module,
     canvases: torch.Tensor,
     pixels: torch.Tensor,
     targets: torch.Tensor,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    max_forward: int | None = None,
-    additive: bool = False,
-    half_width: float | None = None,
-    order_seed: int = 0,
-    progress: bool = False,
-    description: str = "evaluating patterns",
+    eval_set: ImageSet,
+    options: EvalOptions = EvalOptions(),
 ) -> Rates:
     """Hits and counts [P] of P patterns: images *not* of the target class predicted as the target.
 
-    canvases [P, C, H, W], pixels [P, 1, H, W] bool, targets [P]; images [N, C, H, W], labels [N].
-    With `additive`, `canvases` are perturbations added at the chosen pixels (clipped to [0, 1])
-    instead of pixels pasted. Each forward pass holds up to `max_forward` pasted images (several
-    patterns at once); larger passes are slower on CPU, where activations outgrow the caches (null:
-    256 on CPU, from free memory on a GPU). images may be uint8 (converted per batch).
+    canvases [P, C, H, W], pixels [P, 1, H, W] bool, targets [P]; eval_set: images [N, C, H, W]
+    (uint8 converted per batch), labels [N]. With `options.additive`, `canvases` are perturbations
+    added at the chosen pixels (clipped to [0, 1]) instead of pixels pasted. Each forward pass holds
+    up to `options.max_forward` pasted images (several patterns at once); larger passes are slower
+    on CPU, where activations outgrow the caches.
 
-    `half_width`: sequential evaluation. The images are visited in one random order (seeded by
-    `order_seed`, the same for every pattern, so a pattern's result does not depend on the others
-    in the call); at each look of `intervals.look_schedule` (128, 256, 512, ... images), a pattern
-    leaves the batch once the interval of its rate (Wilson, Bonferroni over the looks) is at most
-    +-half_width wide. The looks are fixed in images, so n and ASR are the same for every
+    `options.half_width`: sequential evaluation. The images are visited in one random order (seeded
+    by `options.order_seed`, the same for every pattern, so a pattern's result does not depend on the
+    others in the call); at each look of `intervals.look_schedule` (128, 256, 512, ... images), a
+    pattern leaves the batch once the interval of its rate (Wilson, Bonferroni over the looks) is at
+    most +-half_width wide. The looks are fixed in images, so n and ASR are the same for every
     `max_forward` and device. The whole set is the cap; None evaluates every image.
     """
+    images, labels = eval_set
+    half_width, additive = options.half_width, options.additive
     device = next(model.parameters()).device
-    max_forward = images_per_pass(model, tuple(images.shape[1:]), max_forward, backward=False, default=256)
+    max_forward = images_per_pass(model, tuple(images.shape[1:]), options.max_forward, backward=False, default=256)
     p_total = len(targets)
     hits = torch.zeros(p_total, dtype=torch.long)
     seen = torch.zeros(p_total, dtype=torch.long)
     n_img = min(len(images), max(1, max_forward))
     group = max(1, max_forward // max(n_img, 1))
     if half_width is not None:
-        order = eval_order(len(images), order_seed)
+        order = eval_order(len(images), options.order_seed)
         images, labels = images[order], labels[order]
     active = torch.arange(p_total)
     looks, z = _looks(len(images), half_width)
     canvases_d, pixels_d, targets_d = canvases.to(device), pixels.to(device), targets.to(device)
-    bar = tqdm(total=len(images), desc=description, unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(images), desc=options.description, unit="img", disable=not options.progress, leave=False)
     with frozen(model), torch.no_grad(), bar:
         start = 0
         for end in looks:
@@ -156,9 +171,9 @@ def attack_successes(
 
 
 def attack_success_rates(model: nn.Module, canvases: torch.Tensor, pixels: torch.Tensor, targets: torch.Tensor,
-                         images: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
-    """ASR [P] of P patterns on every image (see `attack_successes` for the arguments)."""
-    return attack_successes(model, canvases, pixels, targets, images, labels, **kwargs).rate
+                         eval_set: ImageSet, options: EvalOptions = EvalOptions()) -> torch.Tensor:
+    """ASR [P] of P patterns (see `attack_successes` for the arguments)."""
+    return attack_successes(model, canvases, pixels, targets, eval_set, options).rate
 
 
 def base_rates(predictions: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> Rates:
@@ -169,21 +184,22 @@ def base_rates(predictions: torch.Tensor, labels: torch.Tensor, targets: torch.T
 
 
 @torch.no_grad()
-def held_out_base_rates(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                        half_width: float | None = None, order_seed: int = 0,
-                        batch_size: int | None = None) -> Rates:
+def held_out_base_rates(model: nn.Module, eval_set: ImageSet, targets: torch.Tensor,
+                        options: EvalOptions = EvalOptions()) -> Rates:
     """Base rates [P] (no paste) on the eval split, sequential like `attack_successes`.
 
-    With `half_width`, images are predicted in the same seeded order as the patterns are evaluated
-    in, and stop at the first look (the same looks) where every target's interval is at most
-    +-half_width wide (a base rate near 0 is settled after a few hundred images); None predicts
-    every image.
+    With `options.half_width`, images are predicted in the same seeded order (`options.order_seed`)
+    as the patterns are evaluated in, `options.max_forward` a pass, and stop at the first look (the
+    same looks) where every target's interval is at most +-half_width wide (a base rate near 0 is
+    settled after a few hundred images); None predicts every image.
     """
+    images, labels = eval_set
+    half_width = options.half_width
     if half_width is None:
-        return base_rates(predict(model, images, batch_size), labels, targets)
+        return base_rates(predict(model, images, options.max_forward), labels, targets)
     device = next(model.parameters()).device
-    batch_size = images_per_pass(model, tuple(images.shape[1:]), batch_size, backward=False, default=256)
-    order = eval_order(len(images), order_seed)
+    batch_size = images_per_pass(model, tuple(images.shape[1:]), options.max_forward, backward=False, default=256)
+    order = eval_order(len(images), options.order_seed)
     looks, z = _looks(len(images), half_width)
     hits = torch.zeros(len(targets), dtype=torch.long)
     seen = torch.zeros(len(targets), dtype=torch.long)

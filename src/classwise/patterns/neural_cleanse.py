@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classwise.patterns.chunking import class_chunks, images_per_pass
-from classwise.patterns.detection import THRESHOLD, detect
-from classwise.patterns.search import OtherClassBatches, as_float, frozen, stream_seed
+from classwise.patterns.chunking import RunOptions, class_chunks, images_per_pass
+from classwise.patterns.detection import THRESHOLD, MADRule, detect
+from classwise.patterns.search import ImageSet, OtherClassBatches, as_float, frozen, stream_seed
 from classwise.progress import tqdm
 
 INITS = ("random", "zero")
@@ -73,14 +73,12 @@ def _tanh_space(x: torch.Tensor) -> torch.Tensor:
 def neural_cleanse(
     model: nn.Module,
     targets: list[int],
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
+    pool: ImageSet,
     cfg: NeuralCleanseConfig = NeuralCleanseConfig(),
-    progress: bool = True,
-    max_forward: int | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Neural Cleanse's detection block over `targets` (one process): `neural_cleanse_masks` then `nc_detection`."""
-    return nc_detection(neural_cleanse_masks(model, targets, pool_images, pool_labels, cfg, progress, max_forward), cfg)
+    return nc_detection(neural_cleanse_masks(model, targets, pool, cfg, run), cfg)
 
 
 PER_CLASS_KEYS = ("classes", "l1", "reached_threshold", "epochs_run")  # of `neural_cleanse_masks`' result
@@ -90,7 +88,7 @@ def nc_detection(per_class: dict[str, Any], cfg: NeuralCleanseConfig, threshold:
     """The anomaly-index block from per-class results (those of several ranks joined, in any order)."""
     order = sorted(range(len(per_class["classes"])), key=lambda i: per_class["classes"][i])
     pick = {k: [per_class[k][i] for i in order] for k in PER_CLASS_KEYS}
-    block = detect(pick["l1"], "neural_cleanse_mask_l1", "small", threshold, class_indices=pick["classes"])
+    block = detect(pick["l1"], MADRule("neural_cleanse_mask_l1", "small", threshold), class_indices=pick["classes"])
     block["reached_threshold"] = pick["reached_threshold"]
     block["epochs_run"] = pick["epochs_run"]
     block["settings"] = {"epochs": cfg.epochs, "epoch_size": cfg.epoch_size, "cost_multiplier": cfg.cost_multiplier,
@@ -102,11 +100,9 @@ def nc_detection(per_class: dict[str, Any], cfg: NeuralCleanseConfig, threshold:
 def neural_cleanse_masks(
     model: nn.Module,
     targets: list[int],
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
+    pool: ImageSet,
     cfg: NeuralCleanseConfig = NeuralCleanseConfig(),
-    progress: bool = True,
-    max_forward: int | None = None,
+    run: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Per class a mask m = (tanh(a)+1)/2 [1,H,W] and pattern p = (tanh(b)+1)/2 [C,H,W] minimising
     CE(f((1-m)x + m p), t) + cost_t * |m|_1, all classes batched, each with the reference's schedule:
@@ -115,13 +111,15 @@ def neural_cleanse_masks(
     below; a class stops once its cost has moved both ways and its best L1 has not improved for
     `early_stop_patience` epochs. The detection uses the L1 of each class's smallest mask that reached
     the threshold (of its last mask if none did), small side.
-    A step passes the active classes in chunks of at most `max_forward` images (null: from memory);
+    A step passes the active classes in chunks of at most `run.max_forward` images (None: from memory);
     the gradients accumulate before one Adam step, so chunks do not change the result.
     Every class has its own init, batch stream and schedule, so a class's result does not depend on
     which classes share the call: ranks can each take a share and concatenate (`nc_detection`).
     Returns per class (in `targets` order): `classes`, `l1` (used for detection), `reached_threshold`,
     `epochs_run`, and the call's `seconds`.
     """
+    pool_images, pool_labels = pool
+    run = run or RunOptions()
     device = next(model.parameters()).device
     k = len(targets)
     _, c, h, w = pool_images.shape
@@ -143,12 +141,12 @@ def neural_cleanse_masks(
     best_l1 = torch.full((k,), math.inf)
     stop_best = torch.full((k,), math.inf)  # the reference's early_stop_reg_best
     epochs_run = torch.zeros(k, dtype=torch.long)
-    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, 3_000_000)
-    pool = pool_images.to(device)
-    per_pass = images_per_pass(model, (c, h, w), max_forward, backward=True)
+    batches = OtherClassBatches(pool_labels, targets, cfg.batch_size, cfg.seed, [3_000_000 + t for t in targets])
+    pool_x = pool_images.to(device)
+    per_pass = images_per_pass(model, (c, h, w), run.max_forward, backward=True)
     steps_per_epoch = math.ceil(cfg.epoch_size / cfg.batch_size)
     start = time.perf_counter()
-    bar = tqdm(total=cfg.epochs, desc=f"neural cleanse ({k} classes)", disable=not progress, leave=False)
+    bar = tqdm(total=cfg.epochs, desc=f"neural cleanse ({k} classes)", disable=not run.progress, leave=False)
     with frozen(model):
         for _epoch in range(cfg.epochs):
             live = active.nonzero().flatten()
@@ -162,7 +160,7 @@ def neural_cleanse_masks(
                 opt.zero_grad(set_to_none=True)
                 for sl in class_chunks(len(live), cfg.batch_size, per_pass):
                     rows = live[sl].to(device)
-                    x = as_float(pool[idx[rows]])  # [k, B, C, H, W]
+                    x = as_float(pool_x[idx[rows]])  # [k, B, C, H, W]
                     m = (torch.tanh(a[rows]) + 1) / 2
                     p = (torch.tanh(b[rows]) + 1) / 2
                     xs = ((1 - m.unsqueeze(1)) * x + (m * p).unsqueeze(1)).flatten(0, 1)

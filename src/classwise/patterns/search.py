@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,6 @@ class PatternResult:
     masks: torch.Tensor  # [K, 1, H, W] in [0, 1]
     final_ce: torch.Tensor  # [K] cross-entropy of the last step, for the record
     steps: int
-    extra: dict = field(default_factory=dict)
     # [K, 1, H, W] tie-break score of each pixel: the mask without the clip to [0, 1] (see `search_patterns`)
     scores: torch.Tensor | None = None
 
@@ -101,7 +101,7 @@ def top_pixels(masks: torch.Tensor, ratio: float, scores: torch.Tensor | None = 
     The signed update leaves masks on a grid (many pixels end at exactly 0 or 1), so ties are common;
     they are broken by `scores` [K, 1, H, W] (higher first; the search's unclipped mask), and only
     then by lower pixel index, so the result is deterministic. Without scores (a run saved before
-    they were kept) the index alone breaks ties, as before.
+    they were kept) the index alone breaks ties: the rule that chose the pixels such a run evaluated.
     """
     k_count, _, h, w = masks.shape
     k = pattern_pixel_count(ratio, h, w)
@@ -137,26 +137,54 @@ def paste(images: torch.Tensor, canvas: torch.Tensor, pixels: torch.Tensor) -> t
     return torch.where(pixels, canvas, images)
 
 
+class ImageSet(NamedTuple):
+    """Labelled images: a search pool or an eval split (a plain (images, labels) pair unpacks the same)."""
+
+    images: torch.Tensor  # [N, C, H, W], float in [0, 1] or uint8 (converted per batch)
+    labels: torch.Tensor  # [N] int64
+
+
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats from images stored as uint8 (converted per batch, on the device); floats pass through."""
     return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
 class OtherClassBatches:
-    """Random pool indices [K, B] per step: for each target, images of the other classes only.
+    """Pool indices per step, `batch_size` per target: for each target, images of the other classes only.
 
-    Each target draws from its own generator seeded by (seed, key_offset + target), so a class's
-    batches never depend on its batch-mates.
+    Each target walks successive random permutations of its other-class images (every image once
+    before any twice, as an epoch of a shuffled loader does), drawn from its own generator seeded
+    by (seed, key): a class's batches never depend on its batch-mates. The search, the baselines and
+    Neural Cleanse all draw their batches here; each passes its own keys so their streams differ.
     """
 
-    def __init__(self, pool_labels: torch.Tensor, targets: Sequence[int], batch_size: int, seed: int, key_offset: int):
+    def __init__(self, pool_labels: torch.Tensor, targets: Sequence[int], batch_size: int, seed: int,
+                 keys: Sequence[int]):
         self.others = [(pool_labels != t).nonzero().flatten() for t in targets]
-        self.generators = [torch.Generator().manual_seed(stream_seed(seed, key_offset + t)) for t in targets]
+        for t, o in zip(targets, self.others, strict=True):
+            if len(o) == 0:
+                raise ConfigError(f"the search pool has no image outside class {t}; accepted: a pool with several classes")
+        self.generators = [torch.Generator().manual_seed(stream_seed(seed, key)) for key in keys]
+        self.left = [o[:0] for o in self.others]  # what is left of each target's current permutation
         self.batch_size = batch_size
 
+    def take(self, steps: int) -> torch.Tensor:
+        """The next `steps` batches of every target: [K, steps, B]."""
+        count = steps * self.batch_size
+        out = []
+        for i, (o, g) in enumerate(zip(self.others, self.generators, strict=True)):
+            parts, have = [self.left[i]], len(self.left[i])
+            while have < count:
+                parts.append(o[torch.randperm(len(o), generator=g)])
+                have += len(o)
+            flat = torch.cat(parts)
+            self.left[i] = flat[count:]
+            out.append(flat[:count].view(steps, self.batch_size))
+        return torch.stack(out)
+
     def next(self) -> torch.Tensor:
-        return torch.stack([o[torch.randint(len(o), (self.batch_size,), generator=g)]
-                            for o, g in zip(self.others, self.generators, strict=True)])
+        """The next batch of every target: [K, B]."""
+        return self.take(1)[:, 0]
 
 
 def mask_pixels(mask: torch.Tensor, ratio: float, score: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,29 +202,30 @@ def steps_for_pool(pool_labels: torch.Tensor, cfg: SearchConfig) -> int:
     return max(1, math.ceil(cfg.epochs * n_ref / cfg.batch_size))
 
 
-def _index_stream(n_items: int, total: int, generator: torch.Generator) -> torch.Tensor:
-    """`total` indices into range(n_items): successive random permutations, concatenated."""
-    reps = math.ceil(total / n_items)
-    return torch.cat([torch.randperm(n_items, generator=generator) for _ in range(reps)])[:total]
+@dataclass(frozen=True)
+class SearchOptions:
+    """What one `search_patterns` call adds to the (shared) SearchConfig: each mask's stream key, which
+    seeds its batch order with `cfg.seed` (None: its target class), and the progress bar."""
+
+    stream_keys: Sequence[int] | None = None
+    progress: bool = True
+    description: str = "pattern search"
 
 
 def search_patterns(
     model: nn.Module,
     canvases: torch.Tensor,
     target_classes: Sequence[int] | torch.Tensor,
-    pool_images: torch.Tensor,
-    pool_labels: torch.Tensor,
-    cfg: SearchConfig = SearchConfig(),
-    stream_keys: Sequence[int] | None = None,
-    progress: bool = True,
-    description: str = "pattern search",
+    pool: ImageSet,
+    cfg: SearchConfig | None = None,
+    options: SearchOptions = SearchOptions(),
 ) -> PatternResult:
     """Optimise one mask per (canvas, target class), all of them in one batched loop.
 
-    canvases [K, C, H, W] in [0, 1]; target_classes [K]; pool_images [N, C, H, W], pool_labels [N].
+    canvases [K, C, H, W] in [0, 1]; target_classes [K]; pool: images [N, C, H, W], labels [N].
     Class k's mask sees only pool images whose label differs from its target. The loss per mask is
     `alpha * CE(f(m*c + (1-m)*x), t) + (1 - alpha) * sum(m) / (H*W/2)`; masks do not interact, so
-    the result for a class is the one a search of that class alone would give. `stream_keys`
+    the result for a class is the one a search of that class alone would give. `options.stream_keys`
     (default: the target classes) seed each mask's batch order, with `cfg.seed`.
 
     Each pixel also gets a tie-break score: the sum of all its updates without the clip to [0, 1]
@@ -205,34 +234,29 @@ def search_patterns(
     the search: a pixel at 1 that was pushed up 200 steps past the clip beats one that reached 1 on
     the last step. The last gradient alone would be one batch of `batch_size` images, far noisier.
     """
+    cfg = cfg if cfg is not None else SearchConfig()
     targets = torch.as_tensor(target_classes, dtype=torch.long).cpu()
     k_total, channels, h, w = canvases.shape
     if len(targets) != k_total:
         raise ValueError(f"{k_total} canvases but {len(targets)} target classes")
-    keys = targets.tolist() if stream_keys is None else list(stream_keys)
+    pool_images, pool_labels = pool
+    keys = targets.tolist() if options.stream_keys is None else list(options.stream_keys)
     device = next(model.parameters()).device
     steps = steps_for_pool(pool_labels, cfg)
     b = cfg.batch_size
 
-    # Every mask's batch order, drawn up front from its own generator: [K, steps, B] into the pool.
-    streams = []
-    for t, key in zip(targets.tolist(), keys, strict=True):
-        others = (pool_labels != t).nonzero().flatten()
-        if len(others) == 0:
-            raise ConfigError(f"the search pool has no image outside class {t}; accepted: a pool with several classes")
-        g = torch.Generator().manual_seed(stream_seed(cfg.seed, key))
-        streams.append(others[_index_stream(len(others), steps * b, g)].view(steps, b))
-    streams_t = torch.stack(streams)  # [K, steps, B]
+    # Every mask's batch order, drawn up front: [K, steps, B] into the pool.
+    streams_t = OtherClassBatches(pool_labels, targets.tolist(), b, cfg.seed, keys).take(steps)
 
     if cfg.cuda_graph and device.type != "cuda":
         raise ConfigError(f"search.cuda_graph=true needs a CUDA device; the model is on {device.type}")
-    pool = _pool_on(device, pool_images)
-    streams_t = streams_t.to(pool.device)  # moved once: no host-to-device copy of indices per step
+    pool_x = _pool_on(device, pool_images)
+    streams_t = streams_t.to(pool_x.device)  # moved once: no host-to-device copy of indices per step
     chunk = max(1, images_per_pass(model, (channels, h, w), cfg.max_forward, backward=True) // b)
     masks_out = torch.empty(k_total, 1, h, w)
     scores_out = torch.empty(k_total, 1, h, w)
     ce_out = torch.empty(k_total)
-    bar = tqdm(total=steps * math.ceil(k_total / chunk), desc=description, disable=not progress, leave=False)
+    bar = tqdm(total=steps * math.ceil(k_total / chunk), desc=options.description, disable=not options.progress, leave=False)
     with frozen(model), search_precision(model, device, cfg):
         for start in range(0, k_total, chunk):
             sl = slice(start, min(start + chunk, k_total))
@@ -241,10 +265,9 @@ def search_patterns(
             tgt = targets[sl].to(device).repeat_interleave(b)  # [Kc * B]
             mask = torch.full((kc, 1, h, w), cfg.mask_init, device=device, requires_grad=True)
             adam = torch.optim.Adam([mask], lr=cfg.step_size) if cfg.update == "adam" else None
-            score = torch.full((kc, 1, h, w), cfg.mask_init, device=device)  # the unclipped mask
 
             def batch(step: int, sl=sl) -> torch.Tensor:  # [Kc, B, C, H, W] float on the device
-                return as_float(pool[streams_t[sl, step]].to(device, non_blocking=True))
+                return as_float(pool_x[streams_t[sl, step]].to(device, non_blocking=True))
 
             def loss_and_grad(x: torch.Tensor, mask=mask, canv=canv, tgt=tgt, kc=kc):
                 m = mask.unsqueeze(1)  # [Kc, 1, 1, H, W]
@@ -259,8 +282,9 @@ def search_patterns(
                 return ce, torch.autograd.grad(loss.sum(), mask)[0]
 
             if cfg.cuda_graph:
-                ce = _graphed_sign_search(mask, score, batch, loss_and_grad, steps, cfg, bar)
+                ce, score = _graphed_sign_search(mask, batch, loss_and_grad, steps, cfg, bar)
             else:
+                score = mask.detach().clone()  # the unclipped mask: mask_init plus every update
                 ce = torch.zeros(kc, device=device)
                 for step in range(steps):
                     ce, grad = loss_and_grad(batch(step))
@@ -309,15 +333,16 @@ def search_precision(model: nn.Module, device: torch.device, cfg: SearchConfig) 
         model.to(memory_format=torch.contiguous_format)
 
 
-def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: SearchConfig, bar) -> torch.Tensor:
-    """The signed-gradient steps of one chunk, the step captured once as a CUDA graph and replayed.
+def _graphed_sign_search(mask, batch, loss_and_grad, steps: int, cfg: SearchConfig, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signed-gradient steps of one chunk, the step captured once as a CUDA graph and replayed;
+    returns the last step's cross-entropy [Kc] and the unclipped mask (`search_patterns`' tie-break score).
 
     A ResNet-18 step on 40 CIFAR images is a few hundred small kernels: launch-bound on a large GPU,
     which one graph replay per step avoids. Each step copies its batch into the graph's static input.
-    Unmeasured on a GPU so far: `make gpu-check` is where to time it.
     """
     static_x = batch(0).clone()
-    init, score_init = mask.detach().clone(), score.clone()
+    init = mask.detach().clone()
+    score = init.clone()  # starts as the mask does: mask_init everywhere
     static_ce = torch.zeros(mask.shape[0], device=mask.device)
 
     def step() -> None:
@@ -336,7 +361,7 @@ def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: Sea
     torch.cuda.current_stream().wait_stream(side)
     with torch.no_grad():
         mask.copy_(init)
-        score.copy_(score_init)
+        score.copy_(init)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
@@ -344,4 +369,4 @@ def _graphed_sign_search(mask, score, batch, loss_and_grad, steps: int, cfg: Sea
         static_x.copy_(batch(i))
         graph.replay()
         bar.update(1)
-    return static_ce
+    return static_ce, score

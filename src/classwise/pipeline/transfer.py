@@ -10,17 +10,17 @@ from torch import nn
 
 from classwise.data.datamodule import ClasswiseDataModule
 from classwise.patterns.evaluate import predict
+from classwise.patterns.settings import SearchSettings
 from classwise.pipeline.search_step import cap_per_class
 from classwise.reporting.results import update_results
 
 
 def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Path, run_dir: str | Path,
-                 eval_max_per_class: int | None = None, progress: bool = True, eval_ci: float | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+                 settings: SearchSettings | None = None, progress: bool = True) -> dict[str, Any]:
     """Apply another run's patterns (its masks and canvases, at its ratios) to `model`, on this eval split.
 
     Writes the `transfer` section of results.json: the source run, and per class its ASR here next
-    to the ASR the source run measured on its own model. `eval_ci` and `seed`: sequential evaluation
+    to the ASR the source run measured on its own model. `settings.evaluation` and `settings.seed`: sequential evaluation
     as in the search (the same seed gives the same image order, so a run transferred to itself
     reproduces its own numbers).
     """
@@ -29,7 +29,12 @@ def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Pa
     from safetensors.torch import load_file
 
     from classwise.errors import ConfigError
-    from classwise.patterns.evaluate import EVAL_ORDER_KEY, attack_successes, base_rates
+    from classwise.patterns.evaluate import (
+        EVAL_ORDER_KEY,
+        EvalOptions,
+        attack_successes,
+        base_rates,
+    )
     from classwise.patterns.search import stream_seed, top_pixels
 
     source_run = Path(source_run)
@@ -49,13 +54,14 @@ def run_transfer(model: nn.Module, dm: ClasswiseDataModule, source_run: str | Pa
     scores = torch.stack([tensors[f"score_{c['class_index']}"] for c in classes]) if has_scores else None
     if canvases.shape[1:] != dm.split_tensors("search", max_items=1)[0].shape[1:]:
         raise ConfigError(f"patterns_from={source_run}: its images are {tuple(canvases.shape[1:])}, this dataset's are not")
-    eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), eval_max_per_class)
+    settings = settings or SearchSettings()
+    eval_x, eval_y = cap_per_class(*dm.split_tensors("eval"), settings.evaluation.max_per_class)
     tgt = torch.tensor([c["class_index"] for c in classes])
     pix = torch.stack([top_pixels(masks, r, scores) for r in ratios], 1).flatten(0, 1)
     r_count = len(ratios)
     asr = attack_successes(model, canvases.repeat_interleave(r_count, 0), pix, tgt.repeat_interleave(r_count),
-                           eval_x, eval_y, half_width=eval_ci, order_seed=stream_seed(seed, EVAL_ORDER_KEY),
-                           progress=progress, description="transferred patterns").view(len(classes), r_count)
+                           (eval_x, eval_y), EvalOptions(half_width=settings.evaluation.ci, order_seed=stream_seed(settings.seed, EVAL_ORDER_KEY),
+                           progress=progress, description="transferred patterns")).view(len(classes), r_count)
     base = base_rates(predict(model, eval_x), eval_y, tgt)
     block = {
         "source_run": str(source_run.resolve()),
