@@ -93,7 +93,10 @@ def test_resume_continues_from_last_checkpoint(cli, tmp_path):
     (("search.foo=1",), "Key 'foo' not in 'SearchSettings'"),
     (("search.canvas.sorce=train",), "Key 'sorce' not in 'CanvasConfig'"),
     (("search.steps=abc",), "search.steps"),
-    (("dataset.foo=1",), "dataset.foo"),
+    (("dataset.foo=1",), "Key 'foo' not in 'DatasetConfig'"),
+    (("dataset.image_size=big",), "dataset.image_size"),
+    (("data.foo=2",), "Key 'foo' not in 'DataConfig'"),
+    (("data.batch_size=abc",), "could not be converted to Integer (data.batch_size)"),
     # keys of the old flat block: where they went
     (("search.eval_ci=0.1",), "search.eval_ci has moved; accepted: search.evaluation.ci"),
     (("search.canvas=best_of_k",), "accepted: search.canvas.strategy=best_of_k"),

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from classwise.data.schema import register_schemas as register_data_schemas
 from classwise.errors import ConfigError, RunFailed, import_extra
 from classwise.launch import register_resolvers
 from classwise.pipeline.settings import (
@@ -23,6 +24,7 @@ from classwise.reporting.runs import FAILED
 
 register_resolvers()  # hydra/default.yaml's run folder needs it before Hydra composes
 register_schemas()  # conf/search starts from its schema in Hydra's ConfigStore
+register_data_schemas()  # and conf/dataset, and the `data:` block
 # The configs inside the package: in a checkout a link to the top-level conf/ (where users read and
 # edit them), in an installed wheel a copy of it (package data), so both find them the same way.
 CONF_DIR = Path(__file__).parent / "conf"
