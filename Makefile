@@ -74,6 +74,7 @@ detect-bench: install ## every detector on the populations from clean data (resu
 	done
 	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population dev --variants
 	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population test --calibrate-from dev --variants --wandb offline
+	$(BIN)/python -m classwise.reporting.detection_bench outputs/detect_bench --population test --only-with neural_cleanse --out outputs/detect_bench/report/test_subset
 
 bench: install ## search throughput and batched-vs-loop speedup (prints a table; saves outputs/bench.json)
 	$(BIN)/python -m classwise.bench --json outputs/bench.json

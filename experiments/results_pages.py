@@ -10,9 +10,9 @@ it was (a page never generated yet says which command makes it). Sources, by def
   writes), with its printed table, summary, detection verdict, timing and pattern grid.
 - `--claims`: a paper-claims report folder (default `outputs/sweeps/paper_claims/report`, from
   `make claims && make claims-report`): claims.md, the compact tables over seeds, the ASR plot.
-- `--detection`: a detection-benchmark summary JSON (default `outputs/detection_benchmark/summary.json`):
-  `command` and `environment` (as results.json's), then every other key: a list of rows becomes a
-  table, a mapping of numbers a two-column table, a number or string one line.
+- `--detection`: the detector benchmark's report folder (default `outputs/detect_bench/report`, from
+  `make detect-bench`): `test/` (and `dev/`) make the detection page, `test_subset/` the page of
+  Neural Cleanse beside the universal patch on the members both ran on.
 - `--bench`: `make bench`'s JSON (default `outputs/bench.json`, `python -m classwise.bench --json`).
 """
 
@@ -210,6 +210,21 @@ def detection_page(report: Path, out: Path) -> Path:
     return write(out / "detection-benchmark.md", lines)
 
 
+def nc_subset_page(report: Path, out: Path) -> Path:
+    """Neural Cleanse at its reference settings beside the universal patch, on the same subset of test members."""
+    subset = report / "test_subset"
+    summary = json.loads((subset / "detection_bench.json").read_text())
+    lines = header("Neural Cleanse vs the universal patch (test subset)", summary.get("command") or "make detect-bench",
+                   summary.get("date") or file_date(subset / "detection_bench.json"), summary.get("environment"),
+                   shown(subset / "detection_bench.json"))
+    lines += ["Both detectors on the same members of the test population, from the same clean split, on one machine "
+              "(threat model `clean_data`; see [Backdoor detection](../detection.md)). Neural Cleanse runs at the "
+              "reference implementation's settings (`detector=neural_cleanse`); the universal patch at its defaults "
+              "(`detector=universal_patch`, `max_gap`, threshold 3.7 chosen on dev).", "",
+              (subset / "detection_bench.md").read_text()]
+    return write(out / "detection-nc-subset.md", lines)
+
+
 def placeholder(out: Path, name: str, title: str, how: str) -> Path | None:
     """A page never generated yet says how to make it; a page generated before is kept as it is."""
     page = out / f"{name}.md"
@@ -247,6 +262,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         else placeholder(args.out, "paper-claims", "The paper's claims over seeds", "Run `make claims && make claims-report`"),
         detection_page(args.detection, args.out) if (args.detection / "test" / "detection_bench.json").exists()
         else placeholder(args.out, "detection-benchmark", "Detection benchmark", "Run `make detect-population detect-bench`"),
+        nc_subset_page(args.detection, args.out) if (args.detection / "test_subset" / "detection_bench.json").exists()
+        else placeholder(args.out, "detection-nc-subset", "Neural Cleanse vs the universal patch (test subset)",
+                         "Run `make detect-bench` (its report on the members both detectors ran on)"),
         json_page(args.bench, args.out, "bench", "`make bench`", "python -m classwise.bench",
                   "Ratios are what to compare across machines; images/s are this machine's (see "
                   "[Speed and GPUs](../speed.md)).") if args.bench.exists()

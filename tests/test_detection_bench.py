@@ -100,3 +100,17 @@ def test_the_report_scores_a_population_lists_uninstalled_triggers_and_standardi
     assert (tmp_path / "report" / "roc.png").stat().st_size > 5000
     assert (tmp_path / "report" / "detection_bench.csv").read_text().startswith("detector,group,")
     bench.log_to_wandb(summary, tmp_path / "report", "disabled")  # the W&B table and plot, never blocking
+
+
+def test_the_subset_report_scores_only_the_members_a_detector_ran_on(tmp_path):
+    """`--only-with neural_cleanse`: every detector on the members Neural Cleanse ran on, nothing else."""
+    for n in range(6):
+        blocks = {"universal_patch": _patch_block(8, 0.6)}
+        if n < 4:
+            blocks["neural_cleanse"] = {"detector": "neural_cleanse", "verdict": "clean", "score": 1.0 + n % 2,
+                                        "predicted_target": None, "threshold": 2.0, "seconds": 500.0}
+        _member(tmp_path, "test", n, blocks, backdoor_asr=0.99 if n % 2 else None)
+    bench.main([str(tmp_path), "--population", "test", "--only-with", "neural_cleanse", "--out", str(tmp_path / "sub")])
+    summary = json.loads((tmp_path / "sub" / "detection_bench.json").read_text())
+    assert summary["members"] == 4 and [m["member"] for m in summary["members_detail"]] == [0, 1, 2, 3]
+    assert {r["detector"] for r in summary["rows"]} == {"universal_patch", "neural_cleanse"}

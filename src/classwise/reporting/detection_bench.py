@@ -400,10 +400,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate-from", default=None, help="fit each detector's probability on this population (dev)")
     parser.add_argument("--wandb", default=None, choices=("offline", "online", "disabled"),
                         help="also log the table and the ROC plot as one W&B run (offline: `wandb sync` later)")
+    parser.add_argument("--only-with", default=None, metavar="DETECTOR",
+                        help="score only the members this detector ran on (e.g. neural_cleanse: every detector on its subset)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the report folder (default: BENCH_DIR/report/POPULATION)")
     parser.add_argument("--variants", action="store_true",
                         help="also score every statistic of the universal patch detector (to choose one on dev)")
     args = parser.parse_args(argv)
     members = collect(args.bench_dir, args.population, args.variants)
+    if args.only_with:
+        members = [m for m in members if args.only_with in m.detectors]
     if not members:
         raise SystemExit(f"detection_bench: no member results under {args.bench_dir / args.population}; "
                          "run `make detect-bench` first")
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         calibration = calibrate(dev)
     if args.variants or reference is not None:
         add_reference_z(members, reference, leave_one_out=reference is None)
-    out_dir = args.bench_dir / "report" / args.population
+    out_dir = args.out if args.out is not None else args.bench_dir / "report" / args.population
     if args.population == "dev" and reference_of(members) is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "reference.json").write_text(json.dumps(reference_of(members), indent=1))
