@@ -148,12 +148,9 @@ def search_settings(search: str | Mapping[str, Any] | SearchSettings, seed: int,
     overridden (a block by a dict: `evaluation={"ci": 0.05}`); validated."""
     from omegaconf import OmegaConf
 
-    from classwise.pipeline.settings import moved_key_error, parse_settings
+    from classwise.pipeline.settings import check_moved_keys, parse_settings
 
-    for key, value in overrides.items():
-        error = moved_key_error(key, value)
-        if error is not None:
-            raise error
+    check_moved_keys(overrides)  # before the merge, which would fail on an old key's value with its own message
     if isinstance(search, SearchSettings):
         base = OmegaConf.to_container(OmegaConf.structured(search))
     elif isinstance(search, Mapping):

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from classwise.data.schema import register_schemas as register_data_schemas
-from classwise.errors import ConfigError, RunFailed, import_extra
+from classwise.errors import ConfigError, RunFailed, import_extra, one_line
 from classwise.launch import register_resolvers
 from classwise.pipeline.settings import (
     check_moved_overrides,
@@ -159,11 +159,13 @@ def check_composition(config_name: str, argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    if GlobalHydra.instance().is_initialized():
+        return  # inside a Hydra app (tests composing in-process): Hydra composes and reports
     args = [a for a in argv if not a.startswith("-") and (a.startswith("hydra.searchpath") or not a.lstrip("+~").startswith("hydra"))]
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except Exception as exc:  # noqa: BLE001 - Hydra's parser errors are of several types
-        refuse(_first_lines(exc))
+        refuse(one_line(exc))
     firsts, variants = [], []
     for arg, override in zip(args, parsed, strict=True):
         if not override.is_sweep_override():
@@ -177,9 +179,6 @@ def check_composition(config_name: str, argv: list[str]) -> None:
         firsts.append(f"{key}={values[0]}")
         variants += [(len(firsts) - 1, f"{key}={v}") for v in values[1:]]
     trials = [firsts] + [[*firsts[:i], v, *firsts[i + 1:]] for i, v in variants[:8]]
-    was_initialized = GlobalHydra.instance().is_initialized()
-    if was_initialized:
-        return  # inside a Hydra app (tests composing in-process): Hydra composes and reports
     for overrides in trials:
         try:
             with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
@@ -187,7 +186,7 @@ def check_composition(config_name: str, argv: list[str]) -> None:
         except Exception as exc:  # noqa: BLE001 - composition raises Hydra's and OmegaConf's errors
             key = _full_key(exc)
             moved = moved_key_error(key.split(".", 1)[1], None) if key.startswith("search.") and key.count(".") == 1 else None
-            refuse(moved or _first_lines(exc))
+            refuse(moved or one_line(exc))
 
 
 def _full_key(exc: BaseException | None) -> str:
@@ -200,19 +199,6 @@ def _full_key(exc: BaseException | None) -> str:
             return str(key)
         exc = exc.__cause__ or exc.__context__
     return ""
-
-
-def _first_lines(exc: BaseException) -> str:
-    """Hydra's error and its cause in one line, e.g. `Could not override 'search.foo': Key 'foo' is not in struct (search.foo)`."""
-    parts, seen = [], 0
-    while exc is not None and seen < 4:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        full_key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
-        text = next((line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))), "")
-        if text and "$VALUE" not in text and not text.startswith("To append to your config use") and text not in parts:
-            parts.append(text + (f" ({full_key})" if full_key else ""))
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return ": ".join(parts) or "the config does not compose"
 
 
 def cli_errors(fn):

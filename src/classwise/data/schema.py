@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 
 @dataclass
@@ -25,12 +26,12 @@ class AdversarialConfig:
 class DatasetConfig:
     """One option of conf/dataset (the synthetic source also reads num_train, num_test and seed)."""
 
-    name: str = "???"
+    name: str = MISSING
     root: str | None = None
     download: bool = False
-    image_size: int = "???"  # type: ignore[assignment] - OmegaConf's mandatory marker
-    channels: int = "???"  # type: ignore[assignment]
-    num_classes: int = "???"  # type: ignore[assignment]
+    image_size: int = MISSING
+    channels: int = MISSING
+    num_classes: int = MISSING
     mean: list[float] | None = None
     std: list[float] | None = None
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)

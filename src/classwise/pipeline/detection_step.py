@@ -81,7 +81,10 @@ def run_detection(job: SearchJob, measured: dict[str, Any], patterns: list[Class
     target = next((p for p in patterns if p.class_index == job.target_class), None)
     if job.trigger is not None and target is not None:
         ratios = [b["pattern_ratio"] for b in target.by_ratio]
-        overlap = {str(r): float((target.pixels(r) & job.trigger.region).sum() / target.pixels(r).sum()) for r in ratios}
+        overlap = {}
+        for r in ratios:
+            pix = target.pixels(r)
+            overlap[str(r)] = float((pix & job.trigger.region).sum() / pix.sum())
         for block in blocks.values():
             block["true_target"] = job.target_class
         if "patterns" in blocks:

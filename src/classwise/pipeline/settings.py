@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from classwise.errors import ConfigError
+from classwise.errors import ConfigError, one_line
 from classwise.patterns.settings import SearchSettings
 
 # Keys of the flat `search` block that moved when it was nested by concern: old -> new (under `search.`
@@ -26,7 +26,7 @@ MOVED_KEYS = {
     "patch_batch_size": "search.baselines.universal_patch.batch_size",
     "detection_asr_gate": "detector.patterns.asr_gate", "detection_gate_ratio": "detector.patterns.gate_ratio",
 }
-# Keys that were a value and are a block now: `search.canvas.strategy=best_of_k`, `search.baselines.methods=[random]`.
+# Keys that were a value and are a block now: `search.canvas=best_of_k`, `search.baselines=[random]`.
 BECAME_BLOCKS = {"canvas": "search.canvas.strategy", "baselines": "search.baselines.methods"}
 
 
@@ -77,10 +77,7 @@ def parse_settings(settings: SearchSettings | Mapping[str, Any] | DictConfig) ->
     if isinstance(settings, SearchSettings):
         return settings
     plain = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(settings)
-    for key, value in plain.items():
-        error = moved_key_error(key, value)
-        if error is not None:
-            raise error
+    check_moved_keys(plain)
     try:
         merged = OmegaConf.merge(schema(), plain)
         return OmegaConf.to_object(merged)
@@ -88,12 +85,9 @@ def parse_settings(settings: SearchSettings | Mapping[str, Any] | DictConfig) ->
         raise ConfigError(one_line(exc, "search")) from None
 
 
-def one_line(exc: BaseException, prefix: str) -> str:
-    """OmegaConf's multi-line error as one line: `search.foo: Key 'foo' not in 'SearchSettings'`."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    full_key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
-    where = f"{prefix}.{full_key}" if full_key else prefix
-    return f"{where}: {lines[0] if lines else type(exc).__name__}"
-
-
-register_schemas()
+def check_moved_keys(settings: Mapping[str, Any]) -> None:
+    """Refuse a key of the old flat `search` block in a dict of search settings, naming its new place."""
+    for key, value in settings.items():
+        error = moved_key_error(key, value)
+        if error is not None:
+            raise error
