@@ -39,6 +39,24 @@ def test_finder_uses_the_system_copy(tmp_path, fake_system_copy):
     assert x.shape == (1, 28, 28) and 0 <= x.min() and x.max() <= 1 and y == 0
 
 
+def test_jobs_starting_at_once_each_load_the_system_copy(tmp_path, fake_system_copy):
+    """A sweep's jobs start together on one data folder: none may read, or trip over, another's half-written
+    file (seen: two population jobs, one failing on the other's rename of a shared `.part` file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "data"
+    # One job has staged one file; the rest find it there and must not take the folder for complete.
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(_idx_labels(30))
+    with ThreadPoolExecutor(6) as pool:
+        loaded = list(pool.map(lambda _: load_source("fashion_mnist", root=root, download=False), range(6)))
+    assert all(len(s.train) == 60 and len(s.test) == 30 for s in loaded)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == _idx_images(60)
+
+
 def test_finder_error_names_all_three_options(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(ConfigError) as err:

@@ -116,6 +116,20 @@ def test_sweep_with_a_failing_job_finishes_the_others_exits_non_zero_and_is_repo
     assert "max_epochs=-5" not in (tmp_path / "report" / "summary.md").read_text()
 
 
+def test_a_search_sweep_with_a_missing_checkpoint_records_it_and_searches_the_others(tmp_path):
+    """One population member whose training failed has no checkpoint: its job fails, the next one runs."""
+    run_cli("train", "debug=fast", "search.enabled=false", root=tmp_path, run_dir=tmp_path / "train")
+    sweep = tmp_path / "sweep"
+    proc = run_cli("search", "--multirun", "debug=fast", f"checkpoint={tmp_path / 'gone'},{tmp_path / 'train'}",
+                   "search.steps=2", "detector=none", f"hydra.sweep.dir={sweep}", root=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (failed,) = sweep.rglob("FAILED")  # job folders are named by the override, here a path
+    assert "/0_checkpoint=" in str(failed) and failed.parent.name.startswith("gone,")
+    assert "checkpoint=" in failed.read_text().splitlines()[0] and "no such file" in failed.read_text().splitlines()[0]
+    (done,) = sweep.rglob("results.json")
+    assert "/1_checkpoint=" in str(done) and json.loads(done.read_text())["detection"]["verdict"] == "abstained"
+
+
 def test_wandb_offline_run_has_the_patterns_table_and_images(tmp_path):
     run_cli("train", "debug=fast", "logger=wandb", root=tmp_path, run_dir=tmp_path / "run",
             env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})

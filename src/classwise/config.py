@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from classwise.data.schema import register_schemas as register_data_schemas
-from classwise.errors import ConfigError, RunFailed, import_extra, one_line
+from classwise.errors import ConfigError, MissingInput, RunFailed, import_extra, one_line
 from classwise.launch import register_resolvers
 from classwise.pipeline.settings import (
     check_moved_overrides,
@@ -213,7 +213,7 @@ def cli_errors(fn):
             return result
         except Exception as exc:
             cause = _config_error_in(exc)
-            if cause is None and _in_multirun():
+            if (cause is None or isinstance(cause, MissingInput)) and _in_multirun():
                 # One failed job must not lose the others: record it in the job folder and go on.
                 import logging
                 import traceback

@@ -5,6 +5,11 @@ class ConfigError(ValueError):
     """A user-facing configuration or input error, raised before any compute."""
 
 
+class MissingInput(ConfigError):
+    """One job's input is not there (a checkpoint, a run folder). In a sweep that job fails, recorded in its
+    folder, and the others go on: a population member whose training failed must not stop the benchmark."""
+
+
 class RunFailed(RuntimeError):
     """A run that cannot go on for a reason its one-line message names (a full disk, a failed rank)."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +126,13 @@ def _missing_data_error(name: str, root: Path, system_hint: str) -> ConfigError:
 
 
 def _stage_fashion_mnist_system_copy(raw: Path) -> bool:
-    """Unzip Debian's dataset-fashion-mnist files into torchvision's raw folder; True if done."""
+    """Unzip Debian's dataset-fashion-mnist files into torchvision's raw folder; True if done.
+
+    Safe when several jobs of a sweep start at once on one data folder: each unzips into its own
+    temporary file and moves it into place atomically, so no job reads a half-written file."""
     names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if all((raw / n).exists() for n in names):
+        return True
     sources = [FASHION_MNIST_SYSTEM_DIR / f"{n}.gz" for n in names]
     if not all(p.exists() for p in sources):
         return False
@@ -133,10 +140,13 @@ def _stage_fashion_mnist_system_copy(raw: Path) -> bool:
     for name, src in zip(names, sources, strict=True):
         dst = raw / name
         if not dst.exists():
-            tmp = dst.with_suffix(".part")
-            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            tmp.rename(dst)
+            tmp = raw / f".{name}.{os.getpid()}.{threading.get_ident()}.part"
+            try:
+                with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+                os.replace(tmp, dst)  # atomic; a job that got there first wrote the same bytes
+            finally:
+                tmp.unlink(missing_ok=True)
     return True
 
 
@@ -146,9 +156,9 @@ def _mnist_like(name: str, cls_name: str, system_stage: Callable[[Path], bool] |
 
         cls = getattr(datasets, cls_name)
         raw = root / cls_name / "raw"
-        have_files = raw.exists() and any(raw.glob("*-ubyte"))
-        if not have_files and system_stage is not None:
-            have_files = system_stage(raw)
+        # Staged whenever a system copy exists (it skips the files already there): a folder another job is
+        # still filling has some of the files, not all.
+        have_files = (system_stage is not None and system_stage(raw)) or (raw.exists() and any(raw.glob("*-ubyte")))
         if not have_files and not download:
             raise _missing_data_error(name, root, system_hint)
         try:

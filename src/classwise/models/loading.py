@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from classwise.errors import ConfigError
+from classwise.errors import ConfigError, MissingInput
 
 # Keys under which tools store a model's state dict: the authors' ckpt.pth ('net'), BackdoorBench
 # and many training scripts ('model'), Lightning-like or hand-made ('state_dict', 'model_state_dict').
@@ -58,7 +58,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_dir():
         p = p / "checkpoints" / "last.ckpt"
     if not p.is_file():
-        raise ConfigError(f"checkpoint={path}: no such file; accepted: a checkpoint file or a run folder with checkpoints/last.ckpt")
+        raise MissingInput(f"checkpoint={path}: no such file; accepted: a checkpoint file or a run folder with checkpoints/last.ckpt")
     return p
 
 
