@@ -110,7 +110,22 @@ def test_an_unknown_detector_key_fails_before_compute():
     with pytest.raises(ConfigError, match=r"detector.neural_cleanse.steps is not a Neural Cleanse setting; accepted: .*epochs"):
         validate(cfg)
     cfg = compose_train("detector.universal_patch.statistic=median")
-    with pytest.raises(ConfigError, match=r"detector.universal_patch.statistic='median'; accepted: max_gap"):
+    with pytest.raises(ConfigError, match=r"detector.universal_patch.statistic='median'; accepted: auto, max_gap"):
         validate(cfg)
     with pytest.raises(ConfigError, match=r"threat_model='auditor' is unknown; accepted: clean_data, training_data"):
         validate(compose_train("threat_model=auditor"))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trigger.size=abc", r"setting.poisoner \(trigger=classwise.data.triggers.BadNets\): .*'size'"),
+    ("setting.poisoner.rate=abc", r"setting.poisoner \(trigger=classwise.data.triggers.BadNets\): .*Poisoner"),
+    ("trainer.max_epochs=abc", r"^trainer.max_epochs='abc'; accepted: an integer, or null$"),
+    ("trainer.max_epochs=true", r"^trainer.max_epochs=True; accepted: an integer, or null$"),
+])
+def test_a_wrong_type_in_a_group_without_a_schema_is_one_line_before_any_compute(override, message):
+    """The trigger, setting and trainer groups have no schema: their values are checked by building the
+    poisoner (cheap) and by the Trainer keys' types, so the error is one line, not Hydra's traceback."""
+    cfg = compose_train("setting=backdoor", override)
+    with pytest.raises(ConfigError, match=message) as err:
+        validate(cfg)
+    assert "\n" not in str(err.value)

@@ -114,3 +114,72 @@ def test_the_subset_report_scores_only_the_members_a_detector_ran_on(tmp_path):
     summary = json.loads((tmp_path / "sub" / "detection_bench.json").read_text())
     assert summary["members"] == 4 and [m["member"] for m in summary["members_detail"]] == [0, 1, 2, 3]
     assert {r["detector"] for r in summary["rows"]} == {"universal_patch", "neural_cleanse"}
+
+
+def _measured(asr: list[list[float]], n: int = 300) -> dict:
+    return {"classes": list(range(len(asr))), "hits": [[round(a * n) for a in row] for row in asr],
+            "n": [[n] * len(asr[0])] * len(asr), "seconds": 1.0}
+
+
+def test_a_dev_reference_carries_what_it_was_measured_on_and_auto_applies_it_only_there(tmp_path, monkeypatch):
+    """`--population dev` writes reference.json with the dataset, model, shape and detector settings it was
+    measured on, and reference_z's threshold and calibration from dev; `reference: auto` standardises a run
+    of that dataset and model against it, and tells any other run why it fell back to max_gap."""
+    from classwise.patterns import references
+    from classwise.patterns.detectors import DetectionData, UniversalPatchDetector
+
+    settings = {"ratios": [0.01, 0.02, 0.04], "steps": 80, "finetune_steps": 0, "batch_size": 32, "lr": 0.1, "alpha": 0.2,
+                "eval_images": 300}
+    for n in range(12):
+        backdoored = n % 2 == 1
+        target = recipe("dev", n, 28, 10)["target_class"] if backdoored else 8
+        b = _patch_block(target, 0.99 if backdoored else 0.6 + 0.02 * n)
+        _member(tmp_path, "dev", n, {"universal_patch": b}, backdoor_asr=0.99 if backdoored else None)
+        path = tmp_path / "dev" / "default" / f"member_{n}" / "results.json"
+        data = json.loads(path.read_text())
+        data["run"] = {"dataset": "fashion_mnist", "model": "small_cnn", "config": {
+            "dataset": {"name": "fashion_mnist", "image_size": 28, "num_classes": 10, "channels": 1},
+            "detector": {"universal_patch": {"_target_": "x", **settings}}}}
+        path.write_text(json.dumps(data))
+    bench.main([str(tmp_path), "--population", "dev", "--variants"])
+    ref = json.loads((tmp_path / "report" / "dev" / "reference.json").read_text())
+    assert {k: ref[k] for k in ("dataset", "model", "num_classes", "image_shape", "population", "models")} == {
+        "dataset": "fashion_mnist", "model": "small_cnn", "num_classes": 10, "image_shape": [1, 28, 28],
+        "population": "dev", "models": 6}
+    assert ref["members"] == [0, 2, 4, 6, 8, 10] and ref["steps"] == 80 and ref["eval_images"] == 300
+    assert len(ref["mean"]) == 10 and len(ref["mean"][0]) == 3 and len(ref["calibration"]) == 2
+    members = bench.collect(tmp_path, "dev")
+    bench.add_reference_z(members, None, leave_one_out=True)
+    clean_z = [m.detectors["universal_patch[reference_z]"]["score"] for m in members if not m.backdoored]
+    assert ref["threshold"] == pytest.approx(max(clean_z))  # the highest dev clean score, each against the others
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "fashion_mnist-small_cnn.json").write_text(json.dumps(ref))
+    monkeypatch.setattr(references, "REFERENCE_DIR", shipped)
+    images = (torch.zeros(4, 1, 28, 28), torch.arange(4))
+
+    def data(**kw):
+        return DetectionData(clean=images, held_out=images, num_classes=10, **kw)
+
+    asr = [[0.1] * 3 for _ in range(10)]
+    asr[3] = [0.95] * 3
+    det = UniversalPatchDetector()
+    block = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn"))
+    assert block["statistic"] == "reference_z" and block["reference"] == "fashion_mnist-small_cnn"
+    assert block["threshold"] == pytest.approx(ref["threshold"]) and block["verdict"] == "backdoored"
+    assert block["predicted_target"] == 3 and "reference fashion_mnist-small_cnn: 6 clean" in block["reason"]
+    assert block["probability"] is not None  # the reference's dev calibration
+
+    other = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="resnet18"))
+    assert other["statistic"] == "max_gap" and other["reference"] is None and other["threshold"] == 3.7
+    assert "no shipped reference for dataset 'fashion_mnist' and model 'resnet18'" in other["reference_note"]
+    longer = UniversalPatchDetector(eval_images=100).decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn"))
+    assert longer["statistic"] == "max_gap" and "eval_images 100, not 300" in longer["reference_note"]
+    assert UniversalPatchDetector(reference=None).rule(None) == ("max_gap", 3.7, None)
+    with pytest.raises(ConfigError, match="reference=fashion_mnist-small_cnn was measured on other runs: this one has steps 40"):
+        UniversalPatchDetector(statistic="reference_z", steps=40).measure(None, [0], data(dataset="fashion_mnist", model="small_cnn"))
+    with pytest.raises(ConfigError, match="mean_gap has no dev threshold"):
+        UniversalPatchDetector(statistic="mean_gap")
+    with pytest.raises(ConfigError, match="reference=nope does not exist; accepted: auto, null, a shipped reference"):
+        UniversalPatchDetector(reference="nope")

@@ -77,6 +77,20 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.root={root} does not exist; accepted: an existing folder (or leave it unset to use {default_root})")
     if "search" in cfg:
         parse_settings(cfg.search)  # ranges and names the schema's types cannot say
+    if "trainer" in cfg:
+        check_trainer_types(cfg.trainer)
+    if OmegaConf.select(cfg, "setting.poisoner._target_"):
+        # Cheap to build (a trigger's few tensors): a wrong value in `trigger` or `setting` fails here in
+        # one line, not in Hydra's traceback once the data is loaded.
+        from hydra.utils import instantiate
+
+        try:
+            instantiate(cfg.setting.poisoner)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to build it is the config's
+            raise ConfigError(f"setting.poisoner (trigger={OmegaConf.select(cfg, 'setting.poisoner.trigger._target_') or '-'}): "
+                              f"{one_line(exc)}") from None
     setting = OmegaConf.select(cfg, "setting.name")
     if "setting" in cfg and setting is None:
         raise ConfigError("setting.name is missing; accepted: natural, backdoor, adversarial")
@@ -94,6 +108,26 @@ def validate(cfg: DictConfig) -> None:
         source = resolve_canvas_source(OmegaConf.select(cfg, "search.canvas.source"), threat_model)
         poisoned = bool(OmegaConf.select(cfg, "setting.poisoner._target_"))  # classwise-search: checked on the checkpoint
         check_threat_model_data(detectors, threat_model, source, poisoned)
+
+
+# Lightning Trainer keys whose type the CLIs can say before Lightning is imported ("int", or "number":
+# an int counts batches, a float a share of them); None is accepted for each.
+TRAINER_TYPES = {"max_epochs": "int", "min_epochs": "int", "max_steps": "int", "num_nodes": "int",
+                 "accumulate_grad_batches": "int", "log_every_n_steps": "int", "check_val_every_n_epoch": "int",
+                 "num_sanity_val_steps": "int", "limit_train_batches": "number", "limit_val_batches": "number",
+                 "limit_test_batches": "number", "val_check_interval": "number", "gradient_clip_val": "number"}
+
+
+def check_trainer_types(trainer: DictConfig) -> None:
+    """`trainer.max_epochs=abc` refused in one line (Lightning would fail with a traceback after setup)."""
+    for key, kind in TRAINER_TYPES.items():
+        value = OmegaConf.select(trainer, key)
+        if value is None:
+            continue
+        ok = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
+        if not ok or isinstance(value, bool):
+            accepted = "an integer" if kind == "int" else "an integer (batches) or a float (a share of them)"
+            raise ConfigError(f"trainer.{key}={value!r}; accepted: {accepted}, or null")
 
 
 def refuse(message: object) -> NoReturn:

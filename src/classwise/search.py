@@ -118,7 +118,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, parse_settings(cfg.search))}
     else:
         job = SearchJob.of(cfg.search, plain(cfg.get("detector")), cfg.get("threat_model", "clean_data"),
-                           trigger=trigger, target_class=target, progress=rank == 0)
+                           trigger=trigger, target_class=target, progress=rank == 0, model_name=model_cfg.get("name"))
         summary = run_pattern_search(model, dm, job, output_dir, Ranks.of(fabric.strategy, world))
     if rank != 0:
         return None

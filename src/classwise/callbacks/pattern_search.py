@@ -18,12 +18,13 @@ class PatternSearch(Callback):
     """After `fit`, find every class's pattern on the trained model (classes sharded over ranks)."""
 
     def __init__(self, search: dict[str, Any] | DictConfig, output_dir: str, enabled: bool = True,
-                 detector: dict[str, Any] | DictConfig | None = None, threat_model: str = "clean_data"):
+                 detector: dict[str, Any] | DictConfig | None = None, threat_model: str = "clean_data",
+                 model_name: str | None = None):
         super().__init__()
         if isinstance(detector, DictConfig):
             detector = OmegaConf.to_container(detector, resolve=True)
         # Built and validated here: a bad config fails before training, not after it.
-        self.job = SearchJob.of(search, detector, threat_model)
+        self.job = SearchJob.of(search, detector, threat_model, model_name=model_name)
         self.output_dir = output_dir
         self.enabled = enabled
         self.summary: dict[str, Any] | None = None

@@ -47,6 +47,8 @@ class DetectionData:
     held_out: tuple[torch.Tensor, torch.Tensor]
     num_classes: int
     class_names: list[str] | None = None
+    dataset: str | None = None  # the dataset's and the architecture's names: which clean reference applies
+    model: str | None = None
     threat_model: str = "clean_data"
     canvas_poisoned: bool = False
     seed: int = 0
@@ -108,44 +110,84 @@ class UniversalPatchDetector(Detector):
     Per ratio, `gap` = logit of the best class's ASR minus the median logit of the other classes (rates
     clamped to [0.01, 0.99]): how far the easiest class stands out of this model's own classes. The
     score is `statistic` over the ratios: `max_gap`, `mean_gap`, `prob_gap` (the largest gap on the
-    rate scale itself), or `max_logit` (the best class's logit alone); all are recorded. Backdoored
-    when the score exceeds `threshold`, the target being the best class at the ratio of the largest
-    gap; `calibration` (a, b) gives P(backdoored).
+    rate scale itself), `max_logit` (the best class's logit alone), or `reference_z` (the largest z of
+    a class's logit against the same class on clean reference models, `patterns/references.py`); all
+    are recorded. `auto`: `reference_z` where a reference applies, else `max_gap`. Backdoored when the
+    score exceeds `threshold` (None: the statistic's dev threshold), the target being the best class at
+    the ratio of the largest gap (under `reference_z`, the class of the largest z); `calibration`
+    (a, b) gives P(backdoored).
     """
 
     name = "universal_patch"
     STATISTICS = ("max_gap", "mean_gap", "prob_gap", "max_logit", "reference_z")
+    MAX_GAP_THRESHOLD = 3.7  # the highest max_gap of a clean model of the dev population, rounded up (docs/detection.md)
 
     def __init__(self, ratios: Sequence[float] = (0.01, 0.02, 0.04), steps: int = 80, finetune_steps: int = 0,
                  batch_size: int = 32, lr: float = 0.1, alpha: float = 0.2, eval_images: int = 300,
-                 statistic: str = "max_gap", threshold: float = 3.7, calibration: Sequence[float] | None = None,
-                 reference: str | None = None):
+                 statistic: str = "auto", threshold: float | None = None, calibration: Sequence[float] | None = None,
+                 reference: str | None = "auto"):
+        from classwise.patterns.references import load_reference
+
         ratios = [float(r) for r in ratios]
         if not ratios or not all(0 < r < 1 for r in ratios):
             raise ConfigError(f"detector.universal_patch.ratios={ratios}; accepted: shares of the image's pixels in (0, 1)")
-        if statistic not in self.STATISTICS:
-            raise ConfigError(f"detector.universal_patch.statistic={statistic!r}; accepted: {', '.join(self.STATISTICS)}")
+        if statistic not in (*self.STATISTICS, "auto"):
+            raise ConfigError(f"detector.universal_patch.statistic={statistic!r}; accepted: auto, {', '.join(self.STATISTICS)}")
         if eval_images < 10:
             raise ConfigError(f"detector.universal_patch.eval_images={eval_images}; accepted: 10 or more")
-        if statistic == "reference_z" and not reference:
+        if statistic == "reference_z" and reference in (None, "none"):
             raise ConfigError("detector.universal_patch.statistic=reference_z needs detector.universal_patch.reference; "
-                              "accepted: the JSON of clean reference models that `make detect-bench` writes "
-                              "(outputs/detect_bench/report/dev/reference.json)")
-        self.reference = None
-        if reference:
-            import json
-            from pathlib import Path
-
-            if not Path(reference).is_file():
-                raise ConfigError(f"detector.universal_patch.reference={reference} does not exist; accepted: a reference "
-                                  "JSON written by the detection benchmark")
-            self.reference = json.loads(Path(reference).read_text())
-            ratios = [float(r) for r in self.reference["ratios"]]
+                              "accepted: auto (the shipped reference of the run's dataset and model), or the JSON of "
+                              "clean reference models that `make detect-bench` writes (outputs/detect_bench/report/dev/reference.json)")
+        if threshold is None and statistic not in ("auto", "max_gap", "reference_z"):
+            raise ConfigError(f"detector.universal_patch.statistic={statistic} has no dev threshold; accepted: "
+                              "detector.universal_patch.threshold=<number>, or statistic auto, max_gap or reference_z")
+        # auto: resolved per run (`reference_for`); a name or path: that reference, whose ratios it was measured at.
+        self.reference_spec = None if reference in (None, "none") else str(reference)
+        self.fixed_reference = None
+        if self.reference_spec not in (None, "auto"):
+            self.fixed_reference = load_reference(self.reference_spec)
+            ratios = [float(r) for r in self.fixed_reference[1]["ratios"]]
         from classwise.patterns.baselines import PatchConfig
 
         self.patch = PatchConfig(steps=steps, finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, alpha=alpha)
         self.ratios, self.eval_images, self.statistic = sorted(ratios), int(eval_images), statistic
-        self.threshold, self.calibration = float(threshold), list(calibration) if calibration else None
+        self.threshold = None if threshold is None else float(threshold)
+        self.calibration = list(calibration) if calibration else None
+
+    def reference_for(self, data: DetectionData) -> tuple[tuple[str, dict[str, Any]] | None, str | None]:
+        """((name, reference) or None, why none applies): the reference this run is standardised against.
+        A reference named by hand that does not fit the run is refused (before the detector probes the model)."""
+        from classwise.patterns.references import auto_reference, mismatch
+
+        if self.reference_spec is None:
+            return None, "no reference (detector.universal_patch.reference=null)"
+        found = self.fixed_reference or auto_reference(data.dataset, data.model)
+        if found is None:
+            return None, (f"no shipped reference for dataset {data.dataset!r} and model {data.model!r}; "
+                          "a dev population of them makes one (docs/detection.md)")
+        run = {"dataset": data.dataset, "model": data.model, "num_classes": data.num_classes,
+               "image_shape": list(data.clean[0].shape[1:]), "ratios": self.ratios, "eval_images": self.eval_images,
+               **{k: getattr(self.patch, k) for k in ("steps", "finetune_steps", "batch_size", "lr", "alpha")}}
+        if found is self.fixed_reference:  # by hand: the names may be missing (an external model), nothing else may differ
+            run = {k: v for k, v in run.items() if v is not None}
+        why = mismatch(found[1], run)
+        if why is None:
+            return found, None
+        if found is self.fixed_reference or self.statistic == "reference_z":
+            raise ConfigError(f"detector.universal_patch.reference={found[0]} was measured on other runs: this one has {why}; "
+                              "accepted: a reference of this dataset, model and detector settings, or statistic=max_gap")
+        return None, f"the reference {found[0]} does not apply: this run has {why}"
+
+    def rule(self, reference: tuple[str, dict[str, Any]] | None) -> tuple[str, float, list[float] | None]:
+        """(statistic, threshold, calibration) this run decides by."""
+        statistic = self.statistic if self.statistic != "auto" else ("reference_z" if reference else "max_gap")
+        on_ref = statistic == "reference_z" and reference is not None
+        threshold = self.threshold
+        if threshold is None:
+            threshold = float(reference[1]["threshold"]) if on_ref and "threshold" in reference[1] else self.MAX_GAP_THRESHOLD
+        calibration = self.calibration or (reference[1].get("calibration") if on_ref else None)
+        return statistic, threshold, calibration
 
     def measure(self, model: nn.Module, classes: list[int], data: DetectionData) -> dict[str, Any]:
         from dataclasses import replace
@@ -160,6 +202,7 @@ class UniversalPatchDetector(Detector):
         )
         from classwise.patterns.search import ImageSet, stream_seed
 
+        self.reference_for(data)  # a reference that cannot apply is refused before the model is probed
         start = time.perf_counter()
         if not classes:
             return {"classes": [], "hits": [], "n": [], "seconds": 0.0}
@@ -175,35 +218,43 @@ class UniversalPatchDetector(Detector):
                 "seconds": round(time.perf_counter() - start, 3)}
 
     def decide(self, measured, records, data) -> dict[str, Any]:
+        from classwise.patterns.references import describe
+
         m = _sorted_by_class(measured)
         classes = m["classes"]
         hits, n = torch.tensor(m["hits"]).view(len(classes), -1), torch.tensor(m["n"]).view(len(classes), -1)  # [K, R]
         asr = (hits / n.clamp(min=1)).tolist()
+        reference, why_not = self.reference_for(data)
+        statistic, threshold, calibration = self.rule(reference)
         evidence: dict[str, Any] = {"classes": classes, "ratios": self.ratios, "asr": asr, "asr_n": n.tolist(),
-                                    "statistic": self.statistic, "threshold": self.threshold, "seconds": measured["seconds"]}
+                                    "statistic": statistic, "threshold": threshold,
+                                    "reference": reference[0] if reference else None, "reference_note": why_not,
+                                    "seconds": measured["seconds"]}
         if len(classes) < 2:
             return verdict_block(self.name, data, "abstained", "fewer than 2 classes probed: no class to compare with",
                                  None, evidence=evidence)
         stats, best, gaps = patch_statistics(hits, n)
         at = max(range(len(gaps)), key=lambda r: gaps[r])
         target = classes[int(best[at])]
-        if self.reference is not None and len(self.reference["mean"]) == len(classes):
-            stats["reference_z"], k = reference_z(patch_logits(hits, n), self.reference)
-            if self.statistic == "reference_z":
+        against = ""
+        if reference is not None:
+            stats["reference_z"], k = reference_z(patch_logits(hits, n), reference[1])
+            if statistic == "reference_z":
                 target = classes[k]
                 at = max(range(len(self.ratios)), key=lambda r: asr[k][r])
-        score = stats[self.statistic]
+                against = f" ({describe(*reference)})"
+        score = stats[statistic]
         evidence.update(statistics=stats, gap=gaps)
-        prob = logistic(score, self.calibration)
+        prob = logistic(score, calibration)
         k = pattern_pixels_of(self.ratios[at], data)
-        if score > self.threshold:
+        if score > threshold:
             return verdict_block(self.name, data, "backdoored",
                                  f"class {target}: {k} free pixels reach ASR {asr[classes.index(target)][at]:.2f} on clean images; "
-                                 f"{self.statistic} {score:.2f} > {self.threshold:g}", score, target, prob,
+                                 f"{statistic} {score:.2f} > {threshold:.3g}{against}", score, target, prob,
                                  evidence={**evidence, "flagged": [target]})
         return verdict_block(self.name, data, "clean",
                              f"no class stands out: best class {target} at ASR {asr[classes.index(target)][at]:.2f} with {k} free "
-                             f"pixels, {self.statistic} {score:.2f} <= {self.threshold:g}", score, None, prob,
+                             f"pixels, {statistic} {score:.2f} <= {threshold:.3g}{against}", score, None, prob,
                              evidence={**evidence, "flagged": []})
 
 

@@ -93,6 +93,39 @@ def reference_of(members: list[Member], min_sd: float = 0.25) -> dict[str, Any] 
             "mean": stack.mean(0).tolist(), "sd": stack.std(0).tolist()}
 
 
+def reference_file(bench_dir: Path, members: list[Member], command: str = "") -> dict[str, Any] | None:
+    """The dev population's reference as `detector.universal_patch.reference` reads it: per class and ratio
+    the clean models' mean and sd (`reference_of`); what it was measured on (dataset, model, image shape,
+    the detector's settings), so a run it does not fit is told so; and the threshold and calibration of
+    `reference_z` chosen on this population (each clean model scored against the others)."""
+    from datetime import datetime
+
+    from classwise.patterns.references import SETTINGS
+
+    ref = reference_of(members)
+    if ref is None:
+        return None
+    scored = [Member(m.population, m.member, m.backdoored, m.family, m.target, m.backdoor_asr, m.clean_acc,
+                     {"universal_patch": m.detectors["universal_patch"]}) for m in members if "universal_patch" in m.detectors]
+    add_reference_z(scored, None, leave_one_out=True)
+    fitted = calibrate(scored).get("universal_patch[reference_z]", {})
+    run: dict[str, Any] = {}  # the run block of a member the universal patch ran on (names, config)
+    for path in sorted((bench_dir / members[0].population).glob("*/member_*/results.json")):
+        block = json.loads(path.read_text()).get("run") or {}
+        if ((block.get("config") or {}).get("detector") or {}).get("universal_patch"):
+            run = block
+            break
+    ds, det = run.get("config", {}).get("dataset") or {}, run.get("config", {}).get("detector", {}).get("universal_patch") or {}
+    size = int(ds.get("image_size", 0))
+    meta = {"dataset": run.get("dataset"), "model": run.get("model"),
+            "num_classes": ds.get("num_classes"), "image_shape": [ds.get("channels"), size, size] if size else None,
+            **{k: det[k] for k in SETTINGS if k in det and k != "ratios"}}
+    return {**{k: v for k, v in meta.items() if v is not None}, **ref,
+            "threshold": fitted.get("threshold"), "calibration": fitted.get("calibration"),
+            "population": members[0].population, "members": [m.member for m in members if not m.backdoored],
+            "written": datetime.now(UTC).strftime("%Y-%m-%d"), "command": command}
+
+
 def add_reference_z(members: list[Member], reference: dict[str, Any] | None, leave_one_out: bool) -> None:
     """`universal_patch[reference_z]` for every member: against `reference`, or (choosing on dev) against the
     other clean members of the same population, so no clean model is its own reference."""
@@ -422,10 +455,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.variants or reference is not None:
         add_reference_z(members, reference, leave_one_out=reference is None)
     out_dir = args.out if args.out is not None else args.bench_dir / "report" / args.population
-    if args.population == "dev" and reference_of(members) is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "reference.json").write_text(json.dumps(reference_of(members), indent=1))
     command = "python -m classwise.reporting.detection_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.population == "dev" and not args.only_with:
+        ref = reference_file(args.bench_dir, members, command)
+        if ref is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
     summary = write_report(members, out_dir, calibration, command)
     print(markdown(summary))
     if args.wandb:
