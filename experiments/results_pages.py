@@ -220,7 +220,8 @@ def nc_subset_page(report: Path, out: Path) -> Path:
     lines += ["Both detectors on the same members of the test population, from the same clean split, on one machine "
               "(threat model `clean_data`; see [Backdoor detection](../detection.md)). Neural Cleanse runs at the "
               "reference implementation's settings (`detector=neural_cleanse`); the universal patch at its defaults "
-              "(`detector=universal_patch`, `max_gap`, threshold 3.7 chosen on dev).", "",
+              "(`detector=universal_patch`: its statistic and threshold are those of the code that ran, chosen on dev; "
+              "each member's results.json records them).", "",
               (subset / "detection_bench.md").read_text()]
     return write(out / "detection-nc-subset.md", lines)
 

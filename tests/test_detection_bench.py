@@ -179,6 +179,8 @@ def test_a_dev_reference_carries_what_it_was_measured_on_and_auto_applies_it_onl
     assert UniversalPatchDetector(reference=None).rule(None) == ("max_gap", 3.7, None)
     with pytest.raises(ConfigError, match="reference=fashion_mnist-small_cnn was measured on other runs: this one has steps 40"):
         UniversalPatchDetector(statistic="reference_z", steps=40).measure(None, [0], data(dataset="fashion_mnist", model="small_cnn"))
+    with pytest.raises(ConfigError, match="statistic=reference_z: no shipped reference for dataset 'cifar10'"):
+        UniversalPatchDetector(statistic="reference_z").measure(None, [0], data(dataset="cifar10", model="resnet18"))
     with pytest.raises(ConfigError, match="mean_gap has no dev threshold"):
         UniversalPatchDetector(statistic="mean_gap")
     with pytest.raises(ConfigError, match="reference=nope does not exist; accepted: auto, null, a shipped reference"):

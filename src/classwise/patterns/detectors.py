@@ -164,8 +164,12 @@ class UniversalPatchDetector(Detector):
             return None, "no reference (detector.universal_patch.reference=null)"
         found = self.fixed_reference or auto_reference(data.dataset, data.model)
         if found is None:
-            return None, (f"no shipped reference for dataset {data.dataset!r} and model {data.model!r}; "
-                          "a dev population of them makes one (docs/detection.md)")
+            why = (f"no shipped reference for dataset {data.dataset!r} and model {data.model!r}; "
+                   "a dev population of them makes one (docs/detection.md)")
+            if self.statistic == "reference_z":
+                raise ConfigError(f"detector.universal_patch.statistic=reference_z: {why}; accepted: "
+                                  "detector.universal_patch.reference=<reference JSON>, or statistic=max_gap")
+            return None, why
         run = {"dataset": data.dataset, "model": data.model, "num_classes": data.num_classes,
                "image_shape": list(data.clean[0].shape[1:]), "ratios": self.ratios, "eval_images": self.eval_images,
                **{k: getattr(self.patch, k) for k in ("steps", "finetune_steps", "batch_size", "lr", "alpha")}}
