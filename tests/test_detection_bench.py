@@ -185,3 +185,20 @@ def test_a_dev_reference_carries_what_it_was_measured_on_and_auto_applies_it_onl
         UniversalPatchDetector(statistic="mean_gap")
     with pytest.raises(ConfigError, match="reference=nope does not exist; accepted: auto, null, a shipped reference"):
         UniversalPatchDetector(reference="nope")
+
+
+def test_a_dev_calibration_is_applied_only_where_the_detector_decided_by_the_same_statistic(capsys):
+    """Dev ran the universal patch by max_gap; test by reference_z (a reference applied): the dev max_gap
+    threshold must not judge reference_z scores, and a reference_z dev run is not refitted in-sample."""
+    def member(n, statistic, score):
+        block = {"detector": "universal_patch", "verdict": "clean", "score": score, "statistic": statistic, "seconds": 1.0}
+        return bench.Member("dev", n, n % 2 == 1, "badnets" if n % 2 else None, 0 if n % 2 else None,
+                            0.99 if n % 2 else None, 0.9, {"universal_patch": block})
+
+    dev = [member(n, "max_gap", 1.0 + n) for n in range(6)]
+    fitted = bench.calibrate(dev)
+    assert fitted["universal_patch"]["statistic"] == "max_gap" and fitted["universal_patch"]["threshold"] == 5.0
+    assert bench.applicable(fitted, [member(n, "max_gap", 2.0) for n in range(4)]) == fitted
+    assert bench.applicable(fitted, [member(n, "reference_z", 2.0) for n in range(4)]) == {}
+    assert "decided by reference_z here and by max_gap on dev" in capsys.readouterr().out
+    assert bench.calibrate([member(n, "reference_z", 1.0 + n) for n in range(6)]) == {}

@@ -301,6 +301,11 @@ def calibrate(members: list[Member]) -> dict[str, dict[str, Any]]:
     out = {}
     for name in detector_names(members):
         seen = [m for m in members if name in m.detectors and (m.installed or not m.backdoored)]
+        decided_by = {m.detectors[name].get("statistic") for m in seen}
+        if "reference_z" in decided_by:
+            # Scored against a reference: its threshold and calibration come with the reference, fitted with
+            # each dev clean model left out (`reference_file`); refitted here they would be in-sample.
+            continue
         scored = [(m.detectors[name].get("score"), int(m.backdoored)) for m in seen]
         scored = [(s, y) for s, y in scored if s is not None]
         if not scored:
@@ -309,7 +314,23 @@ def calibrate(members: list[Member]) -> dict[str, dict[str, Any]]:
         clean = [s for s, y in scored if not y]
         # The lowest threshold that calls none of the dev population's clean models backdoored.
         out[name] = {"calibration": [round(a, 4), round(b, 4)],
-                     "threshold": max(clean) if clean else None}
+                     "threshold": max(clean) if clean else None,
+                     "statistic": decided_by.pop() if len(decided_by) == 1 else None}
+    return out
+
+
+def applicable(calibration: dict[str, dict[str, Any]], members: list[Member]) -> dict[str, dict[str, Any]]:
+    """The dev calibrations that fit these members: a detector that decided by another statistic here than
+    on dev (the universal patch's max_gap on dev, reference_z where a reference applies) keeps its own
+    thresholds and probabilities, and the report says so."""
+    out = {}
+    for name, fit in calibration.items():
+        here = {m.detectors[name].get("statistic") for m in members if name in m.detectors}
+        if fit.get("statistic") is not None and here != {fit["statistic"]}:
+            print(f"detection_bench: {name} decided by {', '.join(sorted(map(str, here)))} here and by {fit['statistic']} "
+                  "on dev: its dev threshold and calibration are not applied; its own are")
+            continue
+        out[name] = fit
     return out
 
 
@@ -451,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
         dev = collect(args.bench_dir, args.calibrate_from, args.variants)
         reference = reference_of(dev)
         add_reference_z(dev, None, leave_one_out=True)
-        calibration = calibrate(dev)
+        calibration = applicable(calibrate(dev), members)
     if args.variants or reference is not None:
         add_reference_z(members, reference, leave_one_out=reference is None)
     out_dir = args.out if args.out is not None else args.bench_dir / "report" / args.population
