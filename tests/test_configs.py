@@ -121,10 +121,14 @@ def test_an_unknown_detector_key_fails_before_compute():
     ("setting.poisoner.rate=abc", r"setting.poisoner \(trigger=classwise.data.triggers.BadNets\): .*Poisoner"),
     ("trainer.max_epochs=abc", r"^trainer.max_epochs='abc'; accepted: an integer, or null$"),
     ("trainer.max_epochs=true", r"^trainer.max_epochs=True; accepted: an integer, or null$"),
+    ("model.width=abc", r"^model=small_cnn cannot be built from model.width='abc': TypeError"),
+    ("detector.universal_patch.steps=abc", r"^detector.universal_patch: Error in call to target "
+     r"'classwise.patterns.detectors.UniversalPatchDetector': '<=' not supported"),
 ])
 def test_a_wrong_type_in_a_group_without_a_schema_is_one_line_before_any_compute(override, message):
-    """The trigger, setting and trainer groups have no schema: their values are checked by building the
-    poisoner (cheap) and by the Trainer keys' types, so the error is one line, not Hydra's traceback."""
+    """The trigger, setting, model, detector and trainer groups have no schema: their values are checked by
+    building the poisoner, the model and the detectors (cheap) and by the Trainer keys' types, so the error
+    is one line, not Hydra's traceback."""
     cfg = compose_train("setting=backdoor", override)
     with pytest.raises(ConfigError, match=message) as err:
         validate(cfg)

@@ -79,6 +79,18 @@ def validate(cfg: DictConfig) -> None:
         parse_settings(cfg.search)  # ranges and names the schema's types cannot say
     if "trainer" in cfg:
         check_trainer_types(cfg.trainer)
+    if model in MODELS and not cfg.get("checkpoint"):
+        # A registry architecture builds in milliseconds on the CPU: `model.width=abc` fails here in one line.
+        from classwise.models.external import build_classifier
+
+        try:
+            build_classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.dataset, resolve=True))
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to build it is the config's
+            given = ", ".join(f"model.{k}={v!r}" for k, v in cfg.model.items() if k not in ("name", "input"))
+            raise ConfigError(f"model={model} cannot be built from {given or 'its config'}: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())}") from None
     if OmegaConf.select(cfg, "setting.poisoner._target_"):
         # Cheap to build (a trigger's few tensors): a wrong value in `trigger` or `setting` fails here in
         # one line, not in Hydra's traceback once the data is loaded.

@@ -31,7 +31,7 @@ def one_line(exc: BaseException, prefix: str = "") -> str:
             full_key = f"{prefix}.{full_key}"
         if text and "$VALUE" not in text and not text.startswith("To append to your config use") and text not in texts:
             texts.add(text)
-            parts.append(text + (f" ({full_key})" if full_key else ""))
+            parts.append(text.rstrip(":") + (f" ({full_key})" if full_key else ""))
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return ": ".join(parts) or "the config does not compose"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from classwise.errors import ConfigError
+from classwise.errors import ConfigError, one_line
 from classwise.patterns.detectors import DetectionData, Detector, check_threat_model
 from classwise.reporting.results import update_results
 from classwise.timing import PhaseTimer
@@ -35,7 +35,7 @@ def build_detectors(detector_cfg: dict[str, Any] | None) -> list[Detector]:
             cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
             if cause is not None:
                 raise cause from None
-            raise ConfigError(f"detector.{key}: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"detector.{key}: {one_line(exc)}") from None
         if not isinstance(det, Detector):
             raise ConfigError(f"detector.{key}._target_={block['_target_']} is not a classwise Detector")
         out.append(det)
