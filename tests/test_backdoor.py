@@ -257,6 +257,9 @@ def test_universal_patch_names_the_target_from_clean_data_and_calls_the_twin_cle
     assert up_bd["verdict"] == "backdoored" and up_bd["predicted_target"] == 3 and up_bd["true_target"] == 3
     assert up_clean["verdict"] == "clean" and up_clean["predicted_target"] is None
     assert up_bd["score"] > up_clean["score"] and up_bd["threat_model"] == "training_data"
+    # The callback passed the architecture on: no clean reference exists for it on this dataset.
+    assert up_bd["reference"] is None and up_bd["statistic"] == "max_gap"
+    assert up_bd["reference_note"].startswith("no shipped reference for dataset 'synthetic' and model 'small_cnn'")
 
 
 def test_a_detector_that_would_read_poisoned_training_canvases_is_refused_under_clean_data(refused):

@@ -177,6 +177,17 @@ def test_a_dev_reference_carries_what_it_was_measured_on_and_auto_applies_it_onl
     longer = UniversalPatchDetector(eval_images=100).decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn"))
     assert longer["statistic"] == "max_gap" and "eval_images 100, not 300" in longer["reference_note"]
     assert UniversalPatchDetector(reference=None).rule(None) == ("max_gap", 3.7, None)
+    # A reference holds for its population's training recipe: another recipe, or an unknown one, falls back.
+    trained = {"trainer.max_epochs": 1, "data.train_subset": 30000, "model": {"name": "small_cnn", "width": 24}}
+    (shipped / "fashion_mnist-small_cnn.json").write_text(json.dumps({**ref, "recipe": trained}))
+    same = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn", recipe=dict(trained)))
+    assert same["statistic"] == "reference_z" and same["reference_note"] is None
+    longer_trained = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn",
+                                                         recipe={**trained, "trainer.max_epochs": 2}))
+    assert longer_trained["statistic"] == "max_gap"
+    assert "another training recipe: trainer.max_epochs 2, not trainer.max_epochs 1" in longer_trained["reference_note"]
+    unknown = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn"))
+    assert unknown["statistic"] == "max_gap" and "an unknown training recipe" in unknown["reference_note"]
     with pytest.raises(ConfigError, match="reference=fashion_mnist-small_cnn was measured on other runs: this one has steps 40"):
         UniversalPatchDetector(statistic="reference_z", steps=40).measure(None, [0], data(dataset="fashion_mnist", model="small_cnn"))
     with pytest.raises(ConfigError, match="statistic=reference_z: no shipped reference for dataset 'cifar10'"):
@@ -202,3 +213,23 @@ def test_a_dev_calibration_is_applied_only_where_the_detector_decided_by_the_sam
     assert bench.applicable(fitted, [member(n, "reference_z", 2.0) for n in range(4)]) == {}
     assert "decided by reference_z here and by max_gap on dev" in capsys.readouterr().out
     assert bench.calibrate([member(n, "reference_z", 1.0 + n) for n in range(6)]) == {}
+
+
+def test_the_training_recipe_of_a_checkpoint_comes_from_its_run_folder(tmp_path):
+    """What a reference is matched on: the run's schedule, data, optimiser and model, not its setting or seed."""
+    from classwise.patterns.references import recipe_of_checkpoint, training_recipe
+
+    config = {"trainer": {"max_epochs": 1}, "data": {"train_subset": 30000, "batch_size": 128, "augment": False},
+              "module": {"optimizer": {"lr": 0.001}, "scheduler": None}, "model": {"name": "small_cnn", "width": 24,
+              "input": {"range": 1}}, "setting": {"name": "population"}, "seed": 20001}
+    run = tmp_path / "member_1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "results.json").write_text(json.dumps({"run": {"config": config}}))
+    want = {"trainer.max_epochs": 1, "trainer.max_steps": None, "data.train_subset": 30000, "data.batch_size": 128,
+            "data.augment": False, "module.optimizer": {"lr": 0.001}, "module.scheduler": None,
+            "model": {"name": "small_cnn", "width": 24}}
+    assert training_recipe(config) == want
+    assert recipe_of_checkpoint(run / "checkpoints" / "last.ckpt") == want == recipe_of_checkpoint(run)
+    assert training_recipe({**config, "seed": 3, "setting": {"name": "natural"}}) == want
+    assert recipe_of_checkpoint(tmp_path / "elsewhere.ckpt") is None and recipe_of_checkpoint(None) is None

@@ -285,7 +285,11 @@ def audit(
     net.to(device)
     detector_cfg = detector_settings(detector)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="classwise-audit-"))
-    job = SearchJob.of(settings, detector_cfg, threat_model, progress=progress, model_name=run["model"] if "checkpoint" in run else None)
+    from classwise.patterns.references import recipe_of_checkpoint
+
+    job = SearchJob.of(settings, detector_cfg, threat_model, progress=progress,
+                       model_name=run["model"] if "checkpoint" in run else None,
+                       recipe=recipe_of_checkpoint(run.get("checkpoint")))
     run_pattern_search(net, dm, job, out)
     update_results(out, run={**run, "output_dir": str(out), "config": {"search": asdict(settings)}},
                    metrics={"clean_acc": clean_accuracy(net, dm)})

@@ -26,6 +26,7 @@ from classwise.errors import ConfigError
 from classwise.launch import set_reproducible
 from classwise.models.external import load_model
 from classwise.models.loading import read_checkpoint
+from classwise.patterns.references import recipe_of_checkpoint
 from classwise.pipeline.search_step import SearchJob, run_pattern_search
 from classwise.pipeline.settings import parse_settings
 from classwise.progress import quiet_libraries
@@ -118,7 +119,8 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         summary = {"transfer": run_transfer(model, dm, cfg.patterns_from, output_dir, parse_settings(cfg.search))}
     else:
         job = SearchJob.of(cfg.search, plain(cfg.get("detector")), cfg.get("threat_model", "clean_data"),
-                           trigger=trigger, target_class=target, progress=rank == 0, model_name=model_cfg.get("name"))
+                           trigger=trigger, target_class=target, progress=rank == 0, model_name=model_cfg.get("name"),
+                           recipe=recipe_of_checkpoint(ckpt.path if ckpt else None))
         summary = run_pattern_search(model, dm, job, output_dir, Ranks.of(fabric.strategy, world))
     if rank != 0:
         return None

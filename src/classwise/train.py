@@ -133,6 +133,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     atexit.register(destroy_process_group)
 
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c and "_target_" in c]
+    from dataclasses import replace
+
+    from classwise.callbacks import PatternSearch
+    from classwise.patterns.references import training_recipe
+
+    for cb in callbacks:  # the search after training knows the recipe it trained by (a detector's clean reference)
+        if isinstance(cb, PatternSearch):
+            cb.job = replace(cb.job, recipe=training_recipe(plain(cfg)))
     logger = build_logger(cfg, "train")
     extra = {"deterministic": "warn"} if cfg.get("reproducible") else {}
     strategy = strategy_with_timeout(cfg.trainer.get("strategy", "auto"), cfg.get("collective_timeout_min"))

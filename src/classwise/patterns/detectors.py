@@ -47,8 +47,9 @@ class DetectionData:
     held_out: tuple[torch.Tensor, torch.Tensor]
     num_classes: int
     class_names: list[str] | None = None
-    dataset: str | None = None  # the dataset's and the architecture's names: which clean reference applies
-    model: str | None = None
+    dataset: str | None = None  # the dataset's and the architecture's names, and the model's training
+    model: str | None = None  # recipe (`references.training_recipe`): which clean reference applies
+    recipe: dict[str, Any] | None = None
     threat_model: str = "clean_data"
     canvas_poisoned: bool = False
     seed: int = 0
@@ -172,8 +173,9 @@ class UniversalPatchDetector(Detector):
             return None, why
         run = {"dataset": data.dataset, "model": data.model, "num_classes": data.num_classes,
                "image_shape": list(data.clean[0].shape[1:]), "ratios": self.ratios, "eval_images": self.eval_images,
-               **{k: getattr(self.patch, k) for k in ("steps", "finetune_steps", "batch_size", "lr", "alpha")}}
-        if found is self.fixed_reference:  # by hand: the names may be missing (an external model), nothing else may differ
+               **{k: getattr(self.patch, k) for k in ("steps", "finetune_steps", "batch_size", "lr", "alpha")},
+               "recipe": data.recipe}
+        if found is self.fixed_reference:  # by hand: names and recipe may be unknown (an external model); nothing may differ
             run = {k: v for k, v in run.items() if v is not None}
         why = mismatch(found[1], run)
         if why is None:

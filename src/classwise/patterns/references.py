@@ -19,6 +19,42 @@ from classwise.errors import ConfigError
 REFERENCE_DIR = Path(__file__).parent / "references"
 # The detector settings a reference was measured with: another value measures another statistic.
 SETTINGS = ("ratios", "steps", "finetune_steps", "batch_size", "lr", "alpha", "eval_images")
+# What a model's training recipe is, for a reference: how easy each class is to reach moves with it (the
+# shipped reference, from 1-epoch models, called 2 of 6 clean 2-epoch models backdoored). Not the setting,
+# the poison or the seed: those are what a population varies.
+RECIPE_KEYS = ("trainer.max_epochs", "trainer.max_steps", "data.train_subset", "data.batch_size", "data.augment",
+               "module.optimizer", "module.scheduler", "model")
+
+
+def training_recipe(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The recipe keys of a training run's full config (results.json `run.config`); None without one."""
+    if not config or "trainer" not in config:
+        return None
+    out = {}
+    for key in RECIPE_KEYS:
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if key == "model" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k != "input"}
+        out[key] = value
+    return out
+
+
+def recipe_of_checkpoint(path: str | Path | None) -> dict[str, Any] | None:
+    """The training recipe of a checkpoint that classwise-train wrote: from its run folder's results.json
+    (`<run>/checkpoints/<file>.ckpt` or `<run>` itself); None for any other file."""
+    if path is None:
+        return None
+    path = Path(path)
+    run = path if path.is_dir() else path.parent.parent
+    results = run / "results.json"
+    if not results.is_file():
+        return None
+    try:
+        return training_recipe((json.loads(results.read_text()).get("run") or {}).get("config"))
+    except (OSError, ValueError):
+        return None
 
 
 def shipped() -> dict[str, Path]:
@@ -49,6 +85,14 @@ def mismatch(ref: dict[str, Any], run: dict[str, Any]) -> str | None:
         if key not in ref:
             continue
         want = ref[key]
+        if key == "recipe":
+            if value is None:
+                return "an unknown training recipe (the reference's: " + _recipe_text(want) + ")"
+            differ = {k: value.get(k) for k in want if value.get(k) != want[k]}
+            if differ:
+                return ("another training recipe: " + _recipe_text(differ) + ", not "
+                        + _recipe_text({k: want[k] for k in differ}))
+            continue
         same = (list(map(float, want)) == list(map(float, value)) if key == "ratios"
                 else [int(v) for v in want] == [int(v) for v in value] if key == "image_shape"
                 else want == value)
@@ -70,3 +114,7 @@ def describe(name: str, ref: dict[str, Any]) -> str:
     what = " ".join(str(ref[k]) for k in ("dataset", "model") if ref.get(k))
     source = f" of the {ref['population']} population" if ref.get("population") else ""
     return f"reference {name}: {ref.get('models', '?')} clean {what + ' ' if what else ''}models{source}"
+
+
+def _recipe_text(recipe: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v!r}" for k, v in recipe.items())

@@ -40,7 +40,8 @@ class SearchJob:
     trigger: Any = None
     target_class: int | None = None
     progress: bool = True
-    model_name: str | None = None  # the architecture's name (conf/model), which picks a detector's clean reference
+    model_name: str | None = None  # the architecture's name (conf/model) and its training recipe
+    recipe: dict[str, Any] | None = None  # (references.training_recipe): which clean reference a detector may use
 
     @classmethod
     def of(cls, search: SearchSettings | dict[str, Any] | DictConfig, detector: dict[str, Any] | None = None,
@@ -93,7 +94,7 @@ def run_pattern_search(model: nn.Module, dm: ClasswiseDataModule, job: SearchJob
     timer = PhaseTimer()
     start = time.perf_counter()
     data = DetectionData(clean=search_set, held_out=eval_set, num_classes=dm.num_classes, class_names=list(dm.classes),
-                         dataset=getattr(dm, "dataset_cfg", {}).get("name"), model=job.model_name,
+                         dataset=getattr(dm, "dataset_cfg", {}).get("name"), model=job.model_name, recipe=job.recipe,
                          threat_model=job.threat_model, canvas_poisoned=poisoned_canvases, seed=settings.seed,
                          progress=progress, max_forward=settings.max_forward, eval_forward=settings.evaluation.forward)
     measured: dict[str, Any] = {}

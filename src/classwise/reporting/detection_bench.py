@@ -100,7 +100,7 @@ def reference_file(bench_dir: Path, members: list[Member], command: str = "") ->
     `reference_z` chosen on this population (each clean model scored against the others)."""
     from datetime import datetime
 
-    from classwise.patterns.references import SETTINGS
+    from classwise.patterns.references import SETTINGS, recipe_of_checkpoint
 
     ref = reference_of(members)
     if ref is None:
@@ -119,7 +119,8 @@ def reference_file(bench_dir: Path, members: list[Member], command: str = "") ->
     size = int(ds.get("image_size", 0))
     meta = {"dataset": run.get("dataset"), "model": run.get("model"),
             "num_classes": ds.get("num_classes"), "image_shape": [ds.get("channels"), size, size] if size else None,
-            **{k: det[k] for k in SETTINGS if k in det and k != "ratios"}}
+            **{k: det[k] for k in SETTINGS if k in det and k != "ratios"},
+            "recipe": recipe_of_checkpoint(run.get("checkpoint"))}
     return {**{k: v for k, v in meta.items() if v is not None}, **ref,
             "threshold": fitted.get("threshold"), "calibration": fitted.get("calibration"),
             "population": members[0].population, "members": [m.member for m in members if not m.backdoored],
