@@ -153,6 +153,10 @@ def test_a_dev_reference_carries_what_it_was_measured_on_and_auto_applies_it_onl
     clean_z = [m.detectors["universal_patch[reference_z]"]["score"] for m in members if not m.backdoored]
     assert ref["threshold"] == pytest.approx(max(clean_z))  # the highest dev clean score, each against the others
 
+    # These members have no run folders: the recipe they were trained by is unknown, so none is recorded,
+    # and such a reference applies to no run.
+    assert ref["recipe"] is None
+    trained = {"trainer.max_epochs": 1, "data.train_subset": 30000, "model": {"name": "small_cnn", "width": 24}}
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / "fashion_mnist-small_cnn.json").write_text(json.dumps(ref))
@@ -160,10 +164,14 @@ def test_a_dev_reference_carries_what_it_was_measured_on_and_auto_applies_it_onl
     images = (torch.zeros(4, 1, 28, 28), torch.arange(4))
 
     def data(**kw):
-        return DetectionData(clean=images, held_out=images, num_classes=10, **kw)
+        return DetectionData(clean=images, held_out=images, num_classes=10, **{"recipe": dict(trained), **kw})
 
     asr = [[0.1] * 3 for _ in range(10)]
     asr[3] = [0.95] * 3
+    unrecorded = UniversalPatchDetector().decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn"))
+    assert unrecorded["statistic"] == "max_gap" and "the reference records none" in unrecorded["reference_note"]
+    (shipped / "fashion_mnist-small_cnn.json").write_text(json.dumps({**ref, "recipe": trained}))
+
     det = UniversalPatchDetector()
     block = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn"))
     assert block["statistic"] == "reference_z" and block["reference"] == "fashion_mnist-small_cnn"
@@ -178,15 +186,13 @@ def test_a_dev_reference_carries_what_it_was_measured_on_and_auto_applies_it_onl
     assert longer["statistic"] == "max_gap" and "eval_images 100, not 300" in longer["reference_note"]
     assert UniversalPatchDetector(reference=None).rule(None) == ("max_gap", 3.7, None)
     # A reference holds for its population's training recipe: another recipe, or an unknown one, falls back.
-    trained = {"trainer.max_epochs": 1, "data.train_subset": 30000, "model": {"name": "small_cnn", "width": 24}}
-    (shipped / "fashion_mnist-small_cnn.json").write_text(json.dumps({**ref, "recipe": trained}))
     same = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn", recipe=dict(trained)))
     assert same["statistic"] == "reference_z" and same["reference_note"] is None
     longer_trained = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn",
                                                          recipe={**trained, "trainer.max_epochs": 2}))
     assert longer_trained["statistic"] == "max_gap"
     assert "another training recipe: trainer.max_epochs 2, not trainer.max_epochs 1" in longer_trained["reference_note"]
-    unknown = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn"))
+    unknown = det.decide(_measured(asr), [], data(dataset="fashion_mnist", model="small_cnn", recipe=None))
     assert unknown["statistic"] == "max_gap" and "an unknown training recipe" in unknown["reference_note"]
     with pytest.raises(ConfigError, match="reference=fashion_mnist-small_cnn was measured on other runs: this one has steps 40"):
         UniversalPatchDetector(statistic="reference_z", steps=40).measure(None, [0], data(dataset="fashion_mnist", model="small_cnn"))
@@ -226,10 +232,47 @@ def test_the_training_recipe_of_a_checkpoint_comes_from_its_run_folder(tmp_path)
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     (run / "results.json").write_text(json.dumps({"run": {"config": config}}))
-    want = {"trainer.max_epochs": 1, "trainer.max_steps": None, "data.train_subset": 30000, "data.batch_size": 128,
-            "data.augment": False, "module.optimizer": {"lr": 0.001}, "module.scheduler": None,
+    want = {"trainer.max_epochs": 1, "trainer.max_steps": None, "trainer.limit_train_batches": None,
+            "trainer.accumulate_grad_batches": None, "trainer.devices": None, "trainer.num_nodes": None,
+            "data.train_subset": 30000, "data.val_fraction": None, "data.batch_size": 128, "data.augment": False,
+            "module.optimizer": {"lr": 0.001}, "module.scheduler": None, "setting.adversary": None,
             "model": {"name": "small_cnn", "width": 24}}
     assert training_recipe(config) == want
     assert recipe_of_checkpoint(run / "checkpoints" / "last.ckpt") == want == recipe_of_checkpoint(run)
     assert training_recipe({**config, "seed": 3, "setting": {"name": "natural"}}) == want
+    # Lightning's defaults spelled out are the same recipe; adversarial training is another one.
+    assert training_recipe({**config, "trainer": {"max_epochs": 1, "max_steps": -1, "accumulate_grad_batches": 1}}) == want
+    assert training_recipe({**config, "setting": {"adversary": {"eps": 0.1}}})["setting.adversary"] == {"eps": 0.1}
     assert recipe_of_checkpoint(tmp_path / "elsewhere.ckpt") is None and recipe_of_checkpoint(None) is None
+    (tmp_path / "list" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "list" / "results.json").write_text("[]")
+    assert recipe_of_checkpoint(tmp_path / "list" / "checkpoints" / "last.ckpt") is None
+
+
+def test_mixed_statistics_are_scored_apart_and_a_hand_named_reference_that_does_not_fit_is_refused_first(tmp_path, capsys):
+    """Where a reference fit some members and not others, one ROC-AUC must not pool reference_z and max_gap
+    scores; and a reference named by hand that the run does not fit is refused before training or searching."""
+    from classwise.pipeline.search_step import SearchJob
+
+    def member(n, statistic):
+        block = {"detector": "universal_patch", "verdict": "clean", "score": 1.0, "statistic": statistic, "seconds": 1.0}
+        return bench.Member("test", n, False, None, None, None, 0.9, {"universal_patch": block})
+
+    split = bench.separate_statistics([member(0, "reference_z"), member(1, "max_gap")])
+    assert [list(m.detectors) for m in split] == [["universal_patch<reference_z>"], ["universal_patch<max_gap>"]]
+    assert "scored per statistic" in capsys.readouterr().out
+    same = bench.separate_statistics([member(0, "max_gap"), member(1, "max_gap")])
+    assert [list(m.detectors) for m in same] == [["universal_patch"], ["universal_patch"]]
+
+    ref = {"dataset": "fashion_mnist", "model": "small_cnn", "num_classes": 10, "ratios": [0.01, 0.02, 0.04],
+           "mean": [[0.0] * 3] * 10, "sd": [[1.0] * 3] * 10, "threshold": 3.0, "recipe": {"trainer.max_epochs": 1}}
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(ref))
+    detector = {"universal_patch": {"_target_": "classwise.patterns.detectors.UniversalPatchDetector", "reference": str(path)}}
+    job = SearchJob.of({}, detector, model_name="small_cnn", recipe={"trainer.max_epochs": 2})
+    fashion = {"name": "fashion_mnist", "image_size": 28, "channels": 1, "num_classes": 10}
+    with pytest.raises(ConfigError, match=r"was measured on other runs: this one has another training recipe: trainer.max_epochs 2"):
+        job.check_references(fashion)
+    SearchJob.of({}, detector, model_name="small_cnn", recipe={"trainer.max_epochs": 1}).check_references(fashion)
+    with pytest.raises(ConfigError, match="num_classes 5, not 10"):
+        job.check_references({**fashion, "num_classes": 5})

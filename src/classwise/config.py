@@ -79,8 +79,9 @@ def validate(cfg: DictConfig) -> None:
         parse_settings(cfg.search)  # ranges and names the schema's types cannot say
     if "trainer" in cfg:
         check_trainer_types(cfg.trainer)
-    if model in MODELS and not cfg.get("checkpoint"):
-        # A registry architecture builds in milliseconds on the CPU: `model.width=abc` fails here in one line.
+    if model in MODELS and not cfg.get("checkpoint") and not OmegaConf.select(cfg, "model.pretrained"):
+        # A registry architecture builds in milliseconds on the CPU (not pretrained weights: no download here):
+        # `model.width=abc` fails here in one line.
         from classwise.models.external import build_classifier
 
         try:

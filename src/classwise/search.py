@@ -121,6 +121,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
         job = SearchJob.of(cfg.search, plain(cfg.get("detector")), cfg.get("threat_model", "clean_data"),
                            trigger=trigger, target_class=target, progress=rank == 0, model_name=model_cfg.get("name"),
                            recipe=recipe_of_checkpoint(ckpt.path if ckpt else None))
+        job.check_references(dataset_cfg)
         summary = run_pattern_search(model, dm, job, output_dir, Ranks.of(fabric.strategy, world))
     if rank != 0:
         return None

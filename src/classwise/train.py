@@ -141,6 +141,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for cb in callbacks:  # the search after training knows the recipe it trained by (a detector's clean reference)
         if isinstance(cb, PatternSearch):
             cb.job = replace(cb.job, recipe=training_recipe(plain(cfg)))
+            cb.job.check_references(plain(cfg.dataset))
     logger = build_logger(cfg, "train")
     extra = {"deterministic": "warn"} if cfg.get("reproducible") else {}
     strategy = strategy_with_timeout(cfg.trainer.get("strategy", "auto"), cfg.get("collective_timeout_min"))

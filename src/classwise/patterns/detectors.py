@@ -179,6 +179,9 @@ class UniversalPatchDetector(Detector):
             run = {k: v for k, v in run.items() if v is not None}
         why = mismatch(found[1], run)
         if why is None:
+            if found[1].get("threshold") is None and self.threshold is None and self.statistic in ("auto", "reference_z"):
+                raise ConfigError(f"detector.universal_patch.reference={found[0]} has no threshold (its dev population had too "
+                                  "few clean models); accepted: detector.universal_patch.threshold=<number>")
             return found, None
         if found is self.fixed_reference or self.statistic == "reference_z":
             raise ConfigError(f"detector.universal_patch.reference={found[0]} was measured on other runs: this one has {why}; "
@@ -191,7 +194,7 @@ class UniversalPatchDetector(Detector):
         on_ref = statistic == "reference_z" and reference is not None
         threshold = self.threshold
         if threshold is None:
-            threshold = float(reference[1]["threshold"]) if on_ref and "threshold" in reference[1] else self.MAX_GAP_THRESHOLD
+            threshold = float(reference[1]["threshold"]) if on_ref else self.MAX_GAP_THRESHOLD
         calibration = self.calibration or (reference[1].get("calibration") if on_ref else None)
         return statistic, threshold, calibration
 

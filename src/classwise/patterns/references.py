@@ -20,10 +20,14 @@ REFERENCE_DIR = Path(__file__).parent / "references"
 # The detector settings a reference was measured with: another value measures another statistic.
 SETTINGS = ("ratios", "steps", "finetune_steps", "batch_size", "lr", "alpha", "eval_images")
 # What a model's training recipe is, for a reference: how easy each class is to reach moves with it (the
-# shipped reference, from 1-epoch models, called 2 of 6 clean 2-epoch models backdoored). Not the setting,
-# the poison or the seed: those are what a population varies.
-RECIPE_KEYS = ("trainer.max_epochs", "trainer.max_steps", "data.train_subset", "data.batch_size", "data.augment",
-               "module.optimizer", "module.scheduler", "model")
+# shipped reference, from 1-epoch models, called 2 of 6 clean 2-epoch models backdoored). Not the poison or
+# the seed: those are what a population varies; adversarial training (`setting.adversary`) is part of it.
+RECIPE_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches", "trainer.accumulate_grad_batches",
+               "trainer.devices", "trainer.num_nodes", "data.train_subset", "data.val_fraction", "data.batch_size",
+               "data.augment", "module.optimizer", "module.scheduler", "setting.adversary", "model")
+# Lightning's own defaults, so a key left out and a key set to its default are the same recipe.
+RECIPE_DEFAULTS = {"trainer.max_steps": -1, "trainer.limit_train_batches": 1.0, "trainer.accumulate_grad_batches": 1,
+                   "trainer.num_nodes": 1}
 
 
 def training_recipe(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -37,6 +41,8 @@ def training_recipe(config: dict[str, Any] | None) -> dict[str, Any] | None:
             value = value.get(part) if isinstance(value, dict) else None
         if key == "model" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k != "input"}
+        if key in RECIPE_DEFAULTS and (value is None or value == RECIPE_DEFAULTS[key]):
+            value = None
         out[key] = value
     return out
 
@@ -46,15 +52,18 @@ def recipe_of_checkpoint(path: str | Path | None) -> dict[str, Any] | None:
     (`<run>/checkpoints/<file>.ckpt` or `<run>` itself); None for any other file."""
     if path is None:
         return None
-    path = Path(path)
-    run = path if path.is_dir() else path.parent.parent
-    results = run / "results.json"
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir() and path.parent.name != "checkpoints":
+        return None
+    results = (path if path.is_dir() else path.parent.parent) / "results.json"
     if not results.is_file():
         return None
     try:
-        return training_recipe((json.loads(results.read_text()).get("run") or {}).get("config"))
+        data = json.loads(results.read_text())
     except (OSError, ValueError):
         return None
+    run = data.get("run") if isinstance(data, dict) else None
+    return training_recipe(run.get("config") if isinstance(run, dict) else None)
 
 
 def shipped() -> dict[str, Path]:
@@ -81,11 +90,15 @@ def mismatch(ref: dict[str, Any], run: dict[str, Any]) -> str | None:
     """The first way `run` (dataset, model, num_classes, image_shape and the detector's SETTINGS) differs
     from what the reference was measured on, as a phrase; None where the reference applies. A key the
     reference does not record is not checked."""
+    if "num_classes" in run and len(ref["mean"]) != run["num_classes"]:
+        return f"num_classes {run['num_classes']}, not {len(ref['mean'])}"
     for key, value in run.items():
         if key not in ref:
             continue
         want = ref[key]
         if key == "recipe":
+            if want is None:
+                return "a training recipe, and the reference records none"
             if value is None:
                 return "an unknown training recipe (the reference's: " + _recipe_text(want) + ")"
             differ = {k: value.get(k) for k in want if value.get(k) != want[k]}

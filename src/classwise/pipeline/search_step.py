@@ -49,6 +49,17 @@ class SearchJob:
         """From the config groups as Hydra composed them (or dicts of their shape), validated."""
         return cls(parse_settings(search), build_detectors(detector), check_threat_model(threat_model), **truth)
 
+    def check_references(self, dataset_cfg: dict[str, Any]) -> None:
+        """Refuse, before training or the search, a clean reference named by hand that this run does not fit
+        (`UniversalPatchDetector.reference_for`, from the dataset's shape alone)."""
+        size, channels = int(dataset_cfg["image_size"]), int(dataset_cfg["channels"])
+        images = (torch.zeros(1, channels, size, size), torch.zeros(1, dtype=torch.long))
+        stub = DetectionData(clean=images, held_out=images, num_classes=int(dataset_cfg["num_classes"]),
+                             dataset=dataset_cfg.get("name"), model=self.model_name, recipe=self.recipe)
+        for det in self.detectors:
+            if hasattr(det, "reference_for"):
+                det.reference_for(stub)
+
 
 def canvas_pool(dm: ClasswiseDataModule, source: str) -> CanvasPool:
     dm.setup()

@@ -110,18 +110,22 @@ def reference_file(bench_dir: Path, members: list[Member], command: str = "") ->
     add_reference_z(scored, None, leave_one_out=True)
     fitted = calibrate(scored).get("universal_patch[reference_z]", {})
     run: dict[str, Any] = {}  # the run block of a member the universal patch ran on (names, config)
+    recipes = []  # every such member's training recipe: a reference holds for one
     for path in sorted((bench_dir / members[0].population).glob("*/member_*/results.json")):
         block = json.loads(path.read_text()).get("run") or {}
         if ((block.get("config") or {}).get("detector") or {}).get("universal_patch"):
-            run = block
-            break
+            run = run or block
+            recipes.append(recipe_of_checkpoint(block.get("checkpoint")))
+    recipe = recipes[0] if recipes and all(r == recipes[0] for r in recipes) else None
+    if recipe is None:
+        print("detection_bench: the members' training recipes are unknown or differ; the reference records none, "
+              "so `reference: auto` will not apply it")
     ds, det = run.get("config", {}).get("dataset") or {}, run.get("config", {}).get("detector", {}).get("universal_patch") or {}
     size = int(ds.get("image_size", 0))
     meta = {"dataset": run.get("dataset"), "model": run.get("model"),
             "num_classes": ds.get("num_classes"), "image_shape": [ds.get("channels"), size, size] if size else None,
-            **{k: det[k] for k in SETTINGS if k in det and k != "ratios"},
-            "recipe": recipe_of_checkpoint(run.get("checkpoint"))}
-    return {**{k: v for k, v in meta.items() if v is not None}, **ref,
+            **{k: det[k] for k in SETTINGS if k in det and k != "ratios"}}
+    return {**{k: v for k, v in meta.items() if v is not None}, "recipe": recipe, **ref,
             "threshold": fitted.get("threshold"), "calibration": fitted.get("calibration"),
             "population": members[0].population, "members": [m.member for m in members if not m.backdoored],
             "written": datetime.now(UTC).strftime("%Y-%m-%d"), "command": command}
@@ -320,6 +324,22 @@ def calibrate(members: list[Member]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def separate_statistics(members: list[Member]) -> list[Member]:
+    """A detector that decided by different statistics on different members (the universal patch: reference_z
+    where a reference fit, max_gap elsewhere) is scored per statistic, `name<statistic>`: one ROC-AUC never
+    pools scores of two scales."""
+    for name in detector_names(members):
+        used = {m.detectors[name].get("statistic") for m in members if name in m.detectors}
+        if len(used) > 1:
+            print(f"detection_bench: {name} decided by {', '.join(sorted(map(str, used)))} on different members: "
+                  "scored per statistic")
+            for m in members:
+                if name in m.detectors:
+                    block = m.detectors.pop(name)
+                    m.detectors[f"{name}<{block.get('statistic')}>"] = block
+    return members
+
+
 def applicable(calibration: dict[str, dict[str, Any]], members: list[Member]) -> dict[str, dict[str, Any]]:
     """The dev calibrations that fit these members: a detector that decided by another statistic here than
     on dev (the universal patch's max_gap on dev, reference_z where a reference applies) keeps its own
@@ -483,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         if ref is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "reference.json").write_text(json.dumps(ref, indent=1) + "\n")
-    summary = write_report(members, out_dir, calibration, command)
+    summary = write_report(separate_statistics(members), out_dir, calibration, command)
     print(markdown(summary))
     if args.wandb:
         log_to_wandb(summary, out_dir, args.wandb)
