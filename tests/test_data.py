@@ -57,6 +57,20 @@ def test_jobs_starting_at_once_each_load_the_system_copy(tmp_path, fake_system_c
     assert (raw / "train-images-idx3-ubyte").read_bytes() == _idx_images(60)
 
 
+def test_a_read_only_partial_data_folder_is_a_one_line_error(tmp_path, fake_system_copy, monkeypatch):
+    """A folder the job may not write to, with some of the files: no PermissionError traceback."""
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(_idx_labels(30))
+
+    def refuse(*_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(sources.shutil, "copyfileobj", refuse)
+    with pytest.raises(ConfigError, match="no files found under dataset.root"):
+        load_source("fashion_mnist", root=tmp_path / "data", download=False)
+
+
 def test_finder_error_names_all_three_options(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(ConfigError) as err:

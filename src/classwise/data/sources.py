@@ -158,7 +158,11 @@ def _mnist_like(name: str, cls_name: str, system_stage: Callable[[Path], bool] |
         raw = root / cls_name / "raw"
         # Staged whenever a system copy exists (it skips the files already there): a folder another job is
         # still filling has some of the files, not all.
-        have_files = (system_stage is not None and system_stage(raw)) or (raw.exists() and any(raw.glob("*-ubyte")))
+        try:
+            staged = system_stage is not None and system_stage(raw)
+        except PermissionError:  # a read-only data folder: use what it holds
+            staged = False
+        have_files = staged or (raw.exists() and any(raw.glob("*-ubyte")))
         if not have_files and not download:
             raise _missing_data_error(name, root, system_hint)
         try:

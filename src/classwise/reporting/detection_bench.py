@@ -121,7 +121,7 @@ def reference_file(bench_dir: Path, members: list[Member], command: str = "") ->
         print("detection_bench: the members' training recipes are unknown or differ; the reference records none, "
               "so `reference: auto` will not apply it")
     ds, det = run.get("config", {}).get("dataset") or {}, run.get("config", {}).get("detector", {}).get("universal_patch") or {}
-    size = int(ds.get("image_size", 0))
+    size = int(ds.get("image_size") or 0)
     meta = {"dataset": run.get("dataset"), "model": run.get("model"),
             "num_classes": ds.get("num_classes"), "image_shape": [ds.get("channels"), size, size] if size else None,
             **{k: det[k] for k in SETTINGS if k in det and k != "ratios"}}
