@@ -97,6 +97,19 @@ def test_resume_continues_from_last_checkpoint(cli, tmp_path):
     (("dataset.image_size=big",), "dataset.image_size"),
     (("data.foo=2",), "Key 'foo' not in 'DataConfig'"),
     (("data.batch_size=abc",), "could not be converted to Integer (data.batch_size)"),
+    # a `+` key is added even to a schema's block by Hydra: refused all the same
+    (("+search.foo=1",), "search.foo is not a key of search (SearchSettings)"),
+    (("+setting.foo=1",), "setting.foo is not a key of setting (SettingConfig)"),
+    # every block that builds an object, against its target's signature
+    (("+trainer.max_epoch=3",), "trainer.max_epoch is not an argument of lightning.pytorch.Trainer; "
+                                "did you mean trainer.max_epochs?"),
+    (("trainer.max_epochs=abc",), "trainer.max_epochs='abc' cannot be taken by lightning.pytorch.Trainer; "
+                                  "accepted: an integer, or null"),
+    (("setting=backdoor", "trigger.size=abc"), "trigger.size='abc' cannot be taken by classwise.data.triggers.BadNets"),
+    (("+model.depth=3",), "model.depth is not an argument of classwise.models.small_cnn.SmallCNN; did you mean model.width? accepted: width, hidden, image_size"),
+    (("+detector.universal_patch.stps=9",), "did you mean detector.universal_patch.steps?"),
+    (("+callbacks.checkpoint.monitr=val/acc",), "did you mean callbacks.checkpoint.monitor?"),
+    (("seed=abc",), "seed='abc'; accepted: an integer"),
     # keys of the old flat block: where they went
     (("search.eval_ci=0.1",), "search.eval_ci has moved; accepted: search.evaluation.ci"),
     (("search.canvas=best_of_k",), "accepted: search.canvas.strategy=best_of_k"),

@@ -21,10 +21,13 @@ from classwise.pipeline.settings import (
     register_schemas,
 )
 from classwise.reporting.runs import FAILED
+from classwise.schemas import check_targets
+from classwise.schemas import register_schemas as register_setting_schema
 
 register_resolvers()  # hydra/default.yaml's run folder needs it before Hydra composes
 register_schemas()  # conf/search starts from its schema in Hydra's ConfigStore
 register_data_schemas()  # and conf/dataset, and the `data:` block
+register_setting_schema()  # and conf/setting
 # The configs inside the package: in a checkout a link to the top-level conf/ (where users read and
 # edit them), in an installed wheel a copy of it (package data), so both find them the same way.
 CONF_DIR = Path(__file__).parent / "conf"
@@ -56,6 +59,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.name={model!r} is unknown; accepted: {', '.join(sorted([*MODELS, *EXTERNAL]))}")
     if model == "custom":
         _get(cfg, "model._target_")
+    check_targets(cfg)  # every block that builds an object, against its target's signature
     min_size = 1 if model in EXTERNAL else min_image_size(model)
     size = _get(cfg, "dataset.image_size")
     if not isinstance(size, int) or size < min_size:
@@ -69,8 +73,8 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ConfigError(f"{key}={value} must be a positive integer")
     lr = OmegaConf.select(cfg, "module.optimizer.lr")
-    if lr is not None and not lr > 0:
-        raise ConfigError(f"module.optimizer.lr={lr} must be positive")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0):
+        raise ConfigError(f"module.optimizer.lr={lr!r}; accepted: a positive number")
     root = OmegaConf.select(cfg, "dataset.root")
     default_root = OmegaConf.select(cfg, "paths.data_dir")
     if root is not None and str(root) != str(default_root) and not Path(str(root)).expanduser().is_dir():
@@ -123,24 +127,18 @@ def validate(cfg: DictConfig) -> None:
         check_threat_model_data(detectors, threat_model, source, poisoned)
 
 
-# Lightning Trainer keys whose type the CLIs can say before Lightning is imported ("int", or "number":
-# an int counts batches, a float a share of them); None is accepted for each.
-TRAINER_TYPES = {"max_epochs": "int", "min_epochs": "int", "max_steps": "int", "num_nodes": "int",
-                 "accumulate_grad_batches": "int", "log_every_n_steps": "int", "check_val_every_n_epoch": "int",
-                 "num_sanity_val_steps": "int", "limit_train_batches": "number", "limit_val_batches": "number",
-                 "limit_test_batches": "number", "val_check_interval": "number", "gradient_clip_val": "number"}
+# Lightning Trainer keys typed `int | float` (an int counts batches, a float a share of them): their
+# signature's union is no type OmegaConf can check (classwise.schemas), so they are checked here.
+TRAINER_NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                   "overfit_batches", "val_check_interval", "gradient_clip_val")
 
 
 def check_trainer_types(trainer: DictConfig) -> None:
-    """`trainer.max_epochs=abc` refused in one line (Lightning would fail with a traceback after setup)."""
-    for key, kind in TRAINER_TYPES.items():
+    """`+trainer.limit_train_batches=abc` refused in one line (Lightning would fail with a traceback after setup)."""
+    for key in TRAINER_NUMBERS:
         value = OmegaConf.select(trainer, key)
-        if value is None:
-            continue
-        ok = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
-        if not ok or isinstance(value, bool):
-            accepted = "an integer" if kind == "int" else "an integer (batches) or a float (a share of them)"
-            raise ConfigError(f"trainer.{key}={value!r}; accepted: {accepted}, or null")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ConfigError(f"trainer.{key}={value!r}; accepted: an integer (batches) or a float (a share of them), or null")
 
 
 def refuse(message: object) -> NoReturn:
@@ -229,7 +227,10 @@ def check_composition(config_name: str, argv: list[str]) -> None:
     for overrides in trials:
         try:
             with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-                compose(config_name, overrides=overrides)
+                cfg = compose(config_name, overrides=overrides)
+            check_targets(cfg)
+        except ConfigError as exc:
+            refuse(exc)
         except Exception as exc:  # noqa: BLE001 - composition raises Hydra's and OmegaConf's errors
             key = _full_key(exc)
             moved = moved_key_error(key.split(".", 1)[1], None) if key.startswith("search.") and key.count(".") == 1 else None

@@ -1,0 +1,249 @@
+"""Every block that builds an object is checked against its target's own signature before anything runs.
+
+A `_target_` block (trainer, trigger, setting.poisoner / adversary, detectors, callbacks, logger,
+module.optimizer / scheduler, model=custom) and a registry model (`model.name`) have as schema the
+signature of what they build: hydra-zen makes it a dataclass (`builds(..., populate_full_signature=True)`),
+so an argument the target does not take, or a value OmegaConf cannot convert to its annotated type
+(`trainer.max_epochs=abc`, `trigger.size=big`), is one line naming the key, the value and what is
+accepted. One source of truth: a new argument of a trigger or detector is accepted as soon as it is
+written, and Lightning's Trainer is checked against the Lightning that is installed.
+
+`check_targets` runs on the config Hydra composed: in `config.check_composition` before Hydra's own run
+(a sweep is refused once, not job by job) and in `config.validate` inside every job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from classwise.errors import ConfigError
+
+# Hydra's own keys of an instantiable block; not arguments of the target.
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+# model.* keys that are classwise's, not arguments of the architecture; and the arguments the registry
+# passes itself (from the dataset).
+MODEL_KEYS = ("name", "input", "_target_")
+MODEL_PASSED = ("in_channels", "num_classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """What a target accepts: its arguments' names, whether it takes any other keyword, and their schema."""
+
+    target: str
+    names: tuple[str, ...]
+    open: bool  # takes **kwargs: any key is passed on, and the target checks it
+    schema: Any  # an OmegaConf structured node of the typed arguments
+
+    def check(self, path: str, key: str, value: Any = None, name_only: bool = False) -> None:
+        """One argument of this target: refused in one line if the target does not take it, or if `value` (not
+        given: the name only) is of a type OmegaConf cannot convert to the argument's annotation."""
+        if key not in self.names:
+            if self.open:
+                return
+            close = difflib.get_close_matches(key, self.names, n=1)
+            hint = f"did you mean {path}.{close[0]}? " if close else ""
+            raise ConfigError(f"{path}.{key} is not an argument of {self.target}; {hint}accepted: "
+                              f"{', '.join(self.names) or 'none'}")
+        if name_only:
+            return
+        try:
+            self.schema[key] = value
+        except OmegaConfBaseException:
+            kind = _type_name(self.schema, key)
+            raise ConfigError(f"{path}.{key}={value!r} cannot be taken by {self.target}; accepted: {kind}") from None
+
+
+def _type_name(schema: Any, key: str) -> str:
+    node = schema._get_node(key)
+    kind = getattr(node, "_metadata", None) and node._metadata.ref_type
+    name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+    text = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(name, name)
+    return f"{text}, or null" if node._is_optional() and name in ("int", "float", "bool", "str") else text
+
+
+@functools.cache
+def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> Signature | None:
+    """The schema of `target` (a dotted path or a callable); None where it cannot be imported or inspected here.
+
+    A target that cannot be imported (a user's package not on this path) is left to the build, which
+    says so in one line; `drop` are arguments the caller passes itself.
+    """
+    from hydra.utils import get_object
+    from hydra_zen import builds
+
+    try:
+        obj = get_object(target) if isinstance(target, str) else target
+        params = inspect.signature(obj).parameters
+    except Exception:  # noqa: BLE001 - not importable or not inspectable: the build reports it
+        return None
+    name = target if isinstance(target, str) else f"{obj.__module__}.{obj.__qualname__}"
+    try:
+        built = builds(obj, populate_full_signature=True)
+    except Exception:  # noqa: BLE001 - a signature hydra-zen cannot type: names only, no types
+        built = None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = tuple(p for p, v in params.items() if v.kind in kinds and p not in drop and p != "self")
+    fields = {f.name for f in dataclasses.fields(built)} if built is not None else set()
+    typed = [f for f in dataclasses.fields(built) if f.name in names] if built is not None else []
+    schema = OmegaConf.structured(dataclasses.make_dataclass(
+        "Schema", [(f.name, f.type, dataclasses.field(default=MISSING)) for f in typed]))
+    OmegaConf.set_struct(schema, False)
+    names = tuple(n for n in names if n in fields or built is None)
+    is_open = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+    return Signature(name, names, is_open, schema)
+
+
+def check_targets(cfg: DictConfig, path: str = "") -> None:
+    """Check every `_target_` block under `cfg` and a registry model against their targets' signatures.
+
+    Values that cannot be resolved yet (Hydra's run folder outside a run) are skipped; nested blocks
+    are checked where they are written, not where an interpolation (`trigger: ${trigger}`) points.
+    """
+    if path == "":
+        _check_run_keys(cfg)
+        _check_model(cfg)
+    for key in cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg)):
+        if isinstance(key, str) and (key == "hydra" or key in HYDRA_KEYS):
+            continue
+        if OmegaConf.is_interpolation(cfg, key):
+            continue
+        child = cfg._get_node(key)
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(child, DictConfig | ListConfig) and not child._is_none():
+            if where != "model":  # the model block: its own rules (_check_model)
+                check_targets(child, where)
+    if isinstance(cfg, DictConfig) and path and path != "model" and "_target_" in cfg:
+        _check_block(cfg, path, _resolved(cfg, "_target_"))
+    if isinstance(cfg, DictConfig) and path:
+        _check_schema_keys(cfg, path)
+
+
+def _check_schema_keys(node: DictConfig, path: str) -> None:
+    """A block with a dataclass schema (search, dataset, data, setting) holds only the schema's keys.
+
+    Hydra's `+key=value` adds a key even to a structured config: `+search.foo=1` would pass silently.
+    """
+    kind = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(kind):
+        return
+    names = [f.name for f in dataclasses.fields(kind)]
+    for key in node.keys():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {path}.{close[0]}? " if close else ""
+            raise ConfigError(f"{path}.{key} is not a key of {path} ({kind.__name__}); {hint}accepted: {', '.join(names)}")
+
+
+def _check_model(cfg: DictConfig) -> None:
+    model = cfg.get("model") if isinstance(cfg, DictConfig) else None
+    if not isinstance(model, DictConfig):
+        return
+    from classwise.models.external import EXTERNAL
+    from classwise.models.factory import MODELS
+
+    name = model.get("name")
+    if name in MODELS:
+        target = MODELS[name]
+    elif name == "custom":
+        target = _resolved(model, "_target_")
+    else:
+        return  # timm / torchscript: their own keys, checked by timm or the file
+    if isinstance(target, str) or callable(target):
+        _check_block(model, "model", target, skip=MODEL_KEYS if name not in EXTERNAL else ("name", "input"))
+
+
+def _check_block(block: DictConfig, path: str, target: Any, skip: tuple[str, ...] = HYDRA_KEYS) -> None:
+    if not isinstance(target, str) and not callable(target):
+        return
+    sig = signature(target, MODEL_PASSED if path == "model" else ())
+    if sig is None:
+        return
+    for key in block.keys():
+        if key in skip or key in HYDRA_KEYS:
+            continue
+        try:
+            value = block[key]
+        except Exception:  # noqa: BLE001 - not resolvable here (Hydra's run folder): the name is still checked
+            sig.check(path, str(key), name_only=True)
+            continue
+        if isinstance(value, DictConfig) and "_target_" in value:
+            # an object built before the call: its own block is checked where it is written
+            sig.check(path, str(key), name_only=True)
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=False)
+        sig.check(path, str(key), value)
+
+
+def _resolved(block: DictConfig, key: str) -> Any:
+    try:
+        return block[key]
+    except Exception:  # noqa: BLE001 - an interpolation that cannot resolve here
+        return None
+
+
+@dataclasses.dataclass
+class PopulationConfig:
+    """setting=population: which population (dev | test) and which of its members."""
+
+    name: str = "dev"
+    member: int = 0
+
+
+@dataclasses.dataclass
+class SettingConfig:
+    """One option of conf/setting: its name, and the blocks that build its poisoner and adversary (checked
+    against their targets by `check_targets`)."""
+
+    name: str = MISSING
+    poisoner: Any = None
+    adversary: Any = None
+    population: PopulationConfig | None = None
+
+
+@dataclasses.dataclass
+class RunKeys:
+    """The top-level keys of conf/train.yaml and conf/search.yaml (each file has some of them)."""
+
+    threat_model: str = "clean_data"
+    task_name: str = "train"
+    seed: int = 0
+    resume: str | None = None
+    robust_eval: bool = False
+    reproducible: bool = False
+    collective_timeout_min: float = 120  # minutes
+    skip_finished: bool = False
+    checkpoint: str | None = None
+    patterns_from: str | None = None
+
+
+def register_schemas() -> None:
+    """`setting/schema` in Hydra's ConfigStore: each conf/setting option starts from it (its defaults list)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="setting", name="schema", node=SettingConfig)
+
+
+def _check_run_keys(cfg: DictConfig) -> None:
+    """Types of the top-level keys (`seed=abc`), in one line."""
+    schema = OmegaConf.structured(RunKeys)
+    for f in dataclasses.fields(RunKeys):
+        if f.name not in cfg:
+            continue
+        try:
+            value = cfg[f.name]
+        except Exception:  # noqa: BLE001 - not resolvable here
+            continue
+        try:
+            schema[f.name] = value
+        except OmegaConfBaseException:
+            raise ConfigError(f"{f.name}={value!r}; accepted: {_type_name(schema, f.name)}") from None
