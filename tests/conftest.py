@@ -140,3 +140,15 @@ def stamp(images: torch.Tensor, top: int, left: int, patch: int) -> torch.Tensor
     out = images.clone()
     out[:, :, top : top + patch, left : left + patch] = 1.0
     return out
+
+
+class TinyNet(nn.Module):
+    """An architecture of the user's own, as classwise trains one: `in_channels` and `num_classes` from the dataset."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

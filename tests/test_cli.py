@@ -79,6 +79,21 @@ def test_resume_continues_from_last_checkpoint(cli, tmp_path):
     assert read_json(tmp_path / "resumed" / "results.json")["run"]["resumed_from"].endswith("last.ckpt")
 
 
+def test_an_architecture_of_ones_own_trains_and_its_checkpoint_is_searched(cli, tmp_path):
+    """A model config is a `_target_` and its arguments: any class taking in_channels and num_classes trains with
+    the dataset's normalisation inside, its checkpoint names it, and classwise-search rebuilds it from there."""
+    own = ("model.name=tiny", "model._target_=tests.conftest.TinyNet", "~model.width", "+model.hidden=8")
+    cli("train", *FAST, *own, "search.pattern_ratios=[0.05]", "detector=none")
+    res = read_json(tmp_path / "run" / "results.json")
+    assert (res["run"]["model"], res["run"]["architecture"]) == ("tiny", "tests.conftest.TinyNet")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["classwise"]["model"] == {"name": "tiny", "_target_": "tests.conftest.TinyNet", "hidden": 8}
+    cli("search", *FAST, f"checkpoint={tmp_path / 'run'}", "detector=none", run_dir=tmp_path / "searched")
+    searched = read_json(tmp_path / "searched" / "results.json")
+    assert searched["run"]["architecture"] == "tests.conftest.TinyNet"
+    assert searched["metrics"]["clean_acc"] == pytest.approx(res["metrics"]["clean_acc"], abs=1e-6)
+
+
 @pytest.mark.parametrize("overrides,needle", [
     (("dataset=imagenet21k",), "dataset=imagenet21k is unknown; accepted: cifar10, fashion_mnist"),
     (("-m", "search=fast,nope"), "search=nope is unknown; accepted: fast, paper"),
@@ -106,6 +121,10 @@ def test_resume_continues_from_last_checkpoint(cli, tmp_path):
     (("trainer.max_epochs=abc",), "trainer.max_epochs='abc' cannot be taken by lightning.pytorch.Trainer; "
                                   "accepted: an integer, or null"),
     (("setting=backdoor", "trigger.size=abc"), "trigger.size='abc' cannot be taken by classwise.data.triggers.BadNets"),
+    (("model.name=tiny",), "model.name=tiny with model._target_=classwise.models.small_cnn.SmallCNN: the shipped "
+                           "architectures keep their names; accepted: model=small_cnn"),
+    (("model.name=resnet18",), "accepted: model=resnet18 (the group option)"),
+    (("model.name=tiny", "model._target_=tests.conftest.NoSuchNet"), "model._target_=tests.conftest.NoSuchNet cannot be imported"),
     (("+model.depth=3",), "model.depth is not an argument of classwise.models.small_cnn.SmallCNN; did you mean model.width? accepted: width, hidden, image_size"),
     (("+detector.universal_patch.stps=9",), "did you mean detector.universal_patch.steps?"),
     (("+callbacks.checkpoint.monitr=val/acc",), "did you mean callbacks.checkpoint.monitor?"),

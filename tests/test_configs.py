@@ -155,3 +155,22 @@ def test_a_wrong_key_or_type_in_any_group_is_one_line_before_any_compute(overrid
     with pytest.raises(ConfigError, match=message) as err:
         validate(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_a_run_folder_not_known_yet_is_not_a_wrong_type():
+    """`${paths.output_dir}` is Hydra's run folder: outside a run it raises, or reads None where an earlier
+    Hydra run in the same process left its state. Either way the run fills it in; only its name is checked."""
+    from classwise.schemas import check_targets
+
+    cfg = OmegaConf.create({
+        "run_dir": None,
+        "callbacks": {"pattern_search": {"_target_": "classwise.callbacks.PatternSearch", "output_dir": "${run_dir}"}},
+    })
+    check_targets(cfg)
+    cfg.callbacks.pattern_search.output_dir = None
+    with pytest.raises(ConfigError, match=r"callbacks.pattern_search.output_dir=None cannot be taken"):
+        check_targets(cfg)
+    cfg.callbacks.pattern_search.output_dir = "${run_dir}"
+    cfg.callbacks.pattern_search["output_dri"] = "${run_dir}"
+    with pytest.raises(ConfigError, match=r"did you mean callbacks.pattern_search.output_dir"):
+        check_targets(cfg)

@@ -55,12 +55,14 @@ def validate(cfg: DictConfig) -> None:
     if name not in SOURCES:
         raise ConfigError(f"dataset.name={name!r} is unknown; accepted: {', '.join(sorted(SOURCES))}")
     model = _get(cfg, "model.name")
-    if model not in MODELS and model not in EXTERNAL:
-        raise ConfigError(f"model.name={model!r} is unknown; accepted: {', '.join(sorted([*MODELS, *EXTERNAL]))}")
+    target = OmegaConf.select(cfg, "model._target_")
+    if model not in MODELS and model not in EXTERNAL and not target:
+        raise ConfigError(f"model.name={model!r} is unknown; accepted: {', '.join(sorted([*MODELS, *EXTERNAL]))}, "
+                          "or a model config with a _target_ (conf/model/<yours>.yaml)")
     if model == "custom":
         _get(cfg, "model._target_")
     check_targets(cfg)  # every block that builds an object, against its target's signature
-    min_size = 1 if model in EXTERNAL else min_image_size(model)
+    min_size = 1 if model in EXTERNAL else min_image_size(model, target)
     size = _get(cfg, "dataset.image_size")
     if not isinstance(size, int) or size < min_size:
         raise ConfigError(f"dataset.image_size={size} cannot be taken by model={model}; accepted: an integer >= {min_size}")
@@ -83,8 +85,8 @@ def validate(cfg: DictConfig) -> None:
         parse_settings(cfg.search)  # ranges and names the schema's types cannot say
     if "trainer" in cfg:
         check_trainer_types(cfg.trainer)
-    if model in MODELS and not cfg.get("checkpoint") and not OmegaConf.select(cfg, "model.pretrained"):
-        # A registry architecture builds in milliseconds on the CPU (not pretrained weights: no download here):
+    if model not in EXTERNAL and not cfg.get("checkpoint") and not OmegaConf.select(cfg, "model.pretrained"):
+        # An architecture classwise trains builds in milliseconds on the CPU (not pretrained weights: no download here):
         # `model.width=abc` fails here in one line.
         from classwise.models.external import build_classifier
 
@@ -93,7 +95,7 @@ def validate(cfg: DictConfig) -> None:
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to build it is the config's
-            given = ", ".join(f"model.{k}={v!r}" for k, v in cfg.model.items() if k not in ("name", "input"))
+            given = ", ".join(f"model.{k}={v!r}" for k, v in cfg.model.items() if k not in ("name", "_target_", "input"))
             raise ConfigError(f"model={model} cannot be built from {given or 'its config'}: {type(exc).__name__}: "
                               f"{' '.join(str(exc).split())}") from None
     if OmegaConf.select(cfg, "setting.poisoner._target_"):

@@ -1,8 +1,8 @@
 """Every block that builds an object is checked against its target's own signature before anything runs.
 
 A `_target_` block (trainer, trigger, setting.poisoner / adversary, detectors, callbacks, logger,
-module.optimizer / scheduler, model=custom) and a registry model (`model.name`) have as schema the
-signature of what they build: hydra-zen makes it a dataclass (`builds(..., populate_full_signature=True)`),
+module.optimizer / scheduler, every model but timm's and TorchScript's) has as schema the
+signature of what it builds: hydra-zen makes it a dataclass (`builds(..., populate_full_signature=True)`),
 so an argument the target does not take, or a value OmegaConf cannot convert to its annotated type
 (`trainer.max_epochs=abc`, `trigger.size=big`), is one line naming the key, the value and what is
 accepted. One source of truth: a new argument of a trigger or detector is accepted as soon as it is
@@ -147,18 +147,14 @@ def _check_model(cfg: DictConfig) -> None:
     model = cfg.get("model") if isinstance(cfg, DictConfig) else None
     if not isinstance(model, DictConfig):
         return
-    from classwise.models.external import EXTERNAL
     from classwise.models.factory import MODELS
 
     name = model.get("name")
-    if name in MODELS:
-        target = MODELS[name]
-    elif name == "custom":
-        target = _resolved(model, "_target_")
-    else:
-        return  # timm / torchscript: their own keys, checked by timm or the file
-    if isinstance(target, str) or callable(target):
-        _check_block(model, "model", target, skip=MODEL_KEYS if name not in EXTERNAL else ("name", "input"))
+    if name in ("timm", "torchscript"):
+        return  # their own keys, checked by timm or the file
+    target = _resolved(model, "_target_") or MODELS.get(name)
+    if isinstance(target, str):
+        _check_block(model, "model", target, skip=MODEL_KEYS)
 
 
 def _check_block(block: DictConfig, path: str, target: Any, skip: tuple[str, ...] = HYDRA_KEYS) -> None:
@@ -173,6 +169,10 @@ def _check_block(block: DictConfig, path: str, target: Any, skip: tuple[str, ...
         try:
             value = block[key]
         except Exception:  # noqa: BLE001 - not resolvable here (Hydra's run folder): the name is still checked
+            value = None
+        if value is None and OmegaConf.is_interpolation(block, key):
+            # `${hydra:runtime.output_dir}` raises outside a run, or reads None where an earlier Hydra
+            # run in this process left its state: either way it is filled in by the run itself
             sig.check(path, str(key), name_only=True)
             continue
         if isinstance(value, DictConfig) and "_target_" in value:

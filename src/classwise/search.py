@@ -25,6 +25,7 @@ from classwise.config import check_composition, check_group_choices, cli_errors,
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible
 from classwise.models.external import load_model
+from classwise.models.factory import architecture_of
 from classwise.models.loading import read_checkpoint
 from classwise.patterns.references import recipe_of_checkpoint
 from classwise.pipeline.search_step import SearchJob, run_pattern_search
@@ -128,8 +129,7 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
     run = {"dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.get("name"), "seed": int(cfg.seed),
            "checkpoint": str(ckpt.path.resolve()) if ckpt else None, "checkpoint_layout": ckpt.layout if ckpt else None,
            "output_dir": str(output_dir), "config": plain(cfg), "job_type": "search"}
-    if model_cfg.get("_target_") or model_cfg["name"] == "timm":
-        run["architecture"] = model_cfg.get("_target_") or model_cfg.get("arch")
+    run["architecture"] = architecture_of(model_cfg)
     metrics = {"clean_acc": clean_accuracy(model, dm)}
     if cfg.get("robust_eval"):
         from classwise.attacks.pgd import robust_evaluation

@@ -27,6 +27,7 @@ from classwise.config import check_composition, check_group_choices, cli_errors,
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
+from classwise.models.factory import architecture_of
 from classwise.progress import quiet_libraries
 from classwise.ranks import Ranks
 from classwise.reporting.results import first_difference, read_results, update_results
@@ -203,7 +204,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test_seconds = time.perf_counter() - test_start
     last = output_dir / "checkpoints" / "last.ckpt"
     run = {
-        "dataset": dataset_cfg["name"], "model": model_cfg["name"], "setting": setting.name, "seed": int(cfg.seed),
+        "dataset": dataset_cfg["name"], "model": model_cfg["name"], "architecture": architecture_of(model_cfg),
+        "setting": setting.name, "seed": int(cfg.seed),
         "checkpoint": str(last.relative_to(output_dir)) if last.exists() else None,
         "resumed_from": ckpt, "output_dir": str(output_dir), "config": plain(cfg),
     }

@@ -1,19 +1,17 @@
-"""`build_model(name, ...)`: one registry for every architecture, wrapped with its normalisation."""
+"""`build_model(name, ...)`: every architecture classwise trains, by its `_target_`, wrapped with its normalisation."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.models.normalize import NormalizedClassifier
-from classwise.models.resnet import PreActResNet18, ResNet18
-from classwise.models.small_cnn import SmallCNN
-from classwise.models.vgg import VGG16BN
 
 
-def _torchvision(
+def torchvision_classifier(
     in_channels: int, num_classes: int, arch: str = "resnet50", pretrained: bool = False, **kwargs
 ) -> nn.Module:
     """Any torchvision classifier by name; the first conv is rebuilt when images are not RGB."""
@@ -34,6 +32,17 @@ def _torchvision(
     if in_channels != 3:
         _replace_stem(net, in_channels)
     return net
+
+
+torchvision_classifier.min_image_size = 32  # type: ignore[attr-defined]
+
+
+def resnet50(in_channels: int, num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
+    """torchvision's ResNet-50 (model=resnet50), optionally with its ImageNet weights."""
+    return torchvision_classifier(in_channels, num_classes, "resnet50", pretrained, **kwargs)
+
+
+resnet50.min_image_size = 32  # type: ignore[attr-defined]
 
 
 def net_num_classes(net: nn.Module) -> int:
@@ -64,23 +73,54 @@ def _replace_stem(net: nn.Module, in_channels: int) -> None:
                 return
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": SmallCNN,
-    "resnet18": ResNet18,
-    "preact_resnet18": PreActResNet18,
-    "vgg16_bn": VGG16BN,
-    "resnet50": lambda in_channels, num_classes, pretrained=False, **kw: _torchvision(
-        in_channels, num_classes, "resnet50", pretrained, **kw
-    ),
-    "torchvision": _torchvision,
+# The shipped architectures: each conf/model option's `_target_`, and the architecture of a config that
+# names no `_target_` (checkpoints written before models had one, `build_model("small_cnn", ...)`).
+MODELS: dict[str, str] = {
+    "small_cnn": "classwise.models.small_cnn.SmallCNN",
+    "resnet18": "classwise.models.resnet.ResNet18",
+    "preact_resnet18": "classwise.models.resnet.PreActResNet18",
+    "vgg16_bn": "classwise.models.vgg.VGG16BN",
+    "resnet50": "classwise.models.factory.resnet50",
+    "torchvision": "classwise.models.factory.torchvision_classifier",
 }
 
-_MIN_SIZE = {"small_cnn": SmallCNN.min_image_size, "resnet18": 8, "preact_resnet18": 8, "vgg16_bn": 32,
-             "resnet50": 32, "torchvision": 32}
+
+def architecture(name: str, target: str | None = None) -> Callable[..., nn.Module]:
+    """The class (or function) that builds model `name`: its `_target_`, else the shipped one of that name.
+
+    It is called with `in_channels` and `num_classes` (and `image_size` where it takes one), then the
+    model config's other keys; classwise adds the dataset's normalisation around what it builds.
+    """
+    from hydra.utils import get_object
+
+    path = target or MODELS.get(name)
+    shipped = {v: k for k, v in MODELS.items()}
+    if target and (MODELS.get(name, target) != target or shipped.get(target, name) != name):
+        # a name is what references, reports and checkpoints go by: it must say which architecture it is
+        option = name if name in MODELS else shipped.get(target, name)
+        raise ConfigError(f"model.name={name} with model._target_={target}: the shipped architectures keep their names; "
+                          f"accepted: model={option} (the group option), or your own model._target_ under a name of yours")
+    if path is None:
+        raise ConfigError(f"model.name={name!r} is unknown; accepted: {', '.join(sorted(MODELS))}, or a model "
+                          "config with a _target_ (conf/model/<yours>.yaml)")
+    try:
+        return get_object(path)
+    except Exception as exc:  # noqa: BLE001 - not importable: the user's package or a typo
+        raise ConfigError(f"model._target_={path} cannot be imported ({type(exc).__name__}); accepted: an importable "
+                          "nn.Module class taking in_channels and num_classes (its package on PYTHONPATH)") from None
 
 
-def min_image_size(name: str) -> int:
-    return _MIN_SIZE[name]
+def architecture_of(model_cfg: dict) -> str | None:
+    """What a model config builds, as results.json records it: its `_target_` (the shipped one of its name where
+    it names none), timm's `arch`, or None (a TorchScript file)."""
+    if model_cfg.get("name") == "timm":
+        return model_cfg.get("arch")
+    return model_cfg.get("_target_") or MODELS.get(model_cfg.get("name"))
+
+
+def min_image_size(name: str, target: str | None = None) -> int:
+    """The smallest image side the architecture takes (its `min_image_size` attribute; 1 where it has none)."""
+    return int(getattr(architecture(name, target), "min_image_size", 1))
 
 
 def build_model(
@@ -92,16 +132,16 @@ def build_model(
     std: Sequence[float],
     **kwargs,
 ) -> NormalizedClassifier:
-    """Build architecture `name` for the dataset's channels, classes and size, normalisation inside."""
-    if name not in MODELS:
-        raise ConfigError(f"model.name={name!r} is unknown; accepted: {', '.join(sorted(MODELS))}")
-    if image_size < _MIN_SIZE[name]:
+    """Build architecture `name` (or `_target_=` in kwargs) for the dataset's channels, classes and size, normalisation inside."""
+    build = architecture(name, kwargs.pop("_target_", None))
+    smallest = int(getattr(build, "min_image_size", 1))
+    if image_size < smallest:
         raise ConfigError(
-            f"dataset.image_size={image_size} is too small for model={name}; accepted: image_size >= {_MIN_SIZE[name]}"
+            f"dataset.image_size={image_size} is too small for model={name}; accepted: image_size >= {smallest}"
         )
     if len(mean) != in_channels or len(std) != in_channels:
         raise ConfigError(f"dataset.mean/std have {len(mean)}/{len(std)} values; accepted: one per channel ({in_channels})")
-    if name == "small_cnn":
+    if "image_size" in inspect.signature(build).parameters:
         kwargs.setdefault("image_size", image_size)
-    net = MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    net = build(in_channels=in_channels, num_classes=num_classes, **kwargs)
     return NormalizedClassifier(net, mean, std)

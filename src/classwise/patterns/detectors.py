@@ -58,14 +58,25 @@ class DetectionData:
     eval_forward: int | None = None
 
 
-def verdict_block(name: str, data: DetectionData, verdict: str, reason: str, score: float | None,
-                  predicted_target: int | None = None, probability: float | None = None,
-                  evidence: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The block every detector returns (see the module docstring); `evidence` is the detector's own detail."""
-    assert verdict in VERDICTS
-    finite = None if score is None else float(max(-1e6, min(1e6, score)))
-    return {**(evidence or {}), "detector": name, "verdict": verdict, "reason": reason, "score": finite,
-            "probability": probability, "predicted_target": predicted_target, "threat_model": data.threat_model}
+@dataclass(frozen=True)
+class Verdict:
+    """What a detector concluded, before it is written as a block with the detector's own evidence."""
+
+    verdict: str  # one of VERDICTS
+    reason: str
+    score: float | None = None
+    predicted_target: int | None = None
+    probability: float | None = None
+
+    def __post_init__(self) -> None:
+        assert self.verdict in VERDICTS, self.verdict
+
+    def block(self, detector: str, data: DetectionData, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The block every detector returns (see the module docstring); `evidence` is the detector's own detail."""
+        finite = None if self.score is None else float(max(-1e6, min(1e6, self.score)))
+        return {**(evidence or {}), "detector": detector, "verdict": self.verdict, "reason": self.reason,
+                "score": finite, "probability": self.probability, "predicted_target": self.predicted_target,
+                "threat_model": data.threat_model}
 
 
 def logistic(score: float | None, calibration: Sequence[float] | None) -> float | None:
@@ -240,8 +251,8 @@ class UniversalPatchDetector(Detector):
                                     "reference": reference[0] if reference else None, "reference_note": why_not,
                                     "seconds": measured["seconds"]}
         if len(classes) < 2:
-            return verdict_block(self.name, data, "abstained", "fewer than 2 classes probed: no class to compare with",
-                                 None, evidence=evidence)
+            return Verdict("abstained", "fewer than 2 classes probed: no class to compare with").block(
+                self.name, data, evidence)
         stats, best, gaps = patch_statistics(hits, n)
         at = max(range(len(gaps)), key=lambda r: gaps[r])
         target = classes[int(best[at])]
@@ -257,14 +268,12 @@ class UniversalPatchDetector(Detector):
         prob = logistic(score, calibration)
         k = pattern_pixels_of(self.ratios[at], data)
         if score > threshold:
-            return verdict_block(self.name, data, "backdoored",
-                                 f"class {target}: {k} free pixels reach ASR {asr[classes.index(target)][at]:.2f} on clean images; "
-                                 f"{statistic} {score:.2f} > {threshold:.3g}{against}", score, target, prob,
-                                 evidence={**evidence, "flagged": [target]})
-        return verdict_block(self.name, data, "clean",
-                             f"no class stands out: best class {target} at ASR {asr[classes.index(target)][at]:.2f} with {k} free "
-                             f"pixels, {statistic} {score:.2f} <= {threshold:.3g}{against}", score, None, prob,
-                             evidence={**evidence, "flagged": []})
+            return Verdict("backdoored", f"class {target}: {k} free pixels reach ASR {asr[classes.index(target)][at]:.2f} on "
+                           f"clean images; {statistic} {score:.2f} > {threshold:.3g}{against}", score, target, prob).block(
+                self.name, data, {**evidence, "flagged": [target]})
+        return Verdict("clean", f"no class stands out: best class {target} at ASR {asr[classes.index(target)][at]:.2f} with "
+                       f"{k} free pixels, {statistic} {score:.2f} <= {threshold:.3g}{against}", score, None, prob).block(
+            self.name, data, {**evidence, "flagged": []})
 
 
 def patch_logits(hits: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -339,19 +348,19 @@ class PatternDetector(Detector):
                               f"search.pattern_ratios {ratios} (or null: the largest)")
         start = time.perf_counter()
         if data.canvas_poisoned and data.threat_model == "clean_data":
-            return verdict_block(self.name, data, "abstained",
-                                 "the patterns' canvases come from the poisoned training set, which threat_model=clean_data "
-                                 "forbids a detector to read (search.canvas.source=search, or threat_model=training_data)", None)
+            return Verdict("abstained", "the patterns' canvases come from the poisoned training set, which "
+                           "threat_model=clean_data forbids a detector to read (search.canvas.source=search, or "
+                           "threat_model=training_data)").block(self.name, data)
         if len(records) < 3:
-            return verdict_block(self.name, data, "abstained", f"{len(records)} classes searched; the anomaly index needs 3 or more",
-                                 None)
+            return Verdict("abstained", f"{len(records)} classes searched; the anomaly index needs 3 or more").block(
+                self.name, data)
         gate_asr = [next(b["asr"] for b in r.by_ratio if b["pattern_ratio"] == gate_ratio) for r in records]
         block = pattern_detection([r.mask_l1 for r in records], gate_asr,
                                   [r.class_index for r in records], self.asr_gate, gate_ratio, self.threshold)
         block["seconds"] = round(time.perf_counter() - start, 4)
         if block["median"] is None:
-            return verdict_block(self.name, data, "abstained",
-                                 "fewer than 3 classes with a non-empty mask: no spread to measure against", None, evidence=block)
+            return Verdict("abstained", "fewer than 3 classes with a non-empty mask: no spread to measure against").block(
+                self.name, data, block)
         score = block["score"]
         prob = logistic(score, self.calibration)
         works = [c for c, s in zip(block["classes"], block["not_scored_mask"], strict=True) if not s]
@@ -359,12 +368,12 @@ class PatternDetector(Detector):
         if block["flagged"]:
             t = block["predicted_target"]
             idx = block["anomaly_index"][block["classes"].index(t)]
-            return verdict_block(self.name, data, "backdoored", f"class {t}: a working pattern with anomaly index "
-                                 f"{idx:.1f} > {self.threshold:g}", score, t, prob, evidence=block)
+            return Verdict("backdoored", f"class {t}: a working pattern with anomaly index {idx:.1f} > {self.threshold:g}",
+                           score, t, prob).block(self.name, data, block)
         why = (f"no working pattern stands out ({len(works)} of {len(records)} patterns reach ASR {self.asr_gate:g} at "
                f"{gate_ratio:.0%}; highest index among them {score:.1f} <= {self.threshold:g})") if works else (
                f"no pattern reaches ASR {self.asr_gate:g} at {gate_ratio:.0%}: no small pattern that works")
-        return verdict_block(self.name, data, "clean", why, score, None, prob, evidence=block)
+        return Verdict("clean", why, score, None, prob).block(self.name, data, block)
 
 
 class NeuralCleanseDetector(Detector):
@@ -406,15 +415,15 @@ class NeuralCleanseDetector(Detector):
         from classwise.patterns.neural_cleanse import nc_detection
 
         if len(measured["classes"]) < 3:
-            return verdict_block(self.name, data, "abstained",
-                                 f"{len(measured['classes'])} classes probed; the anomaly index needs 3 or more", None)
+            return Verdict("abstained", f"{len(measured['classes'])} classes probed; the anomaly index needs 3 or more").block(
+                self.name, data)
         block = nc_detection(measured, self.config(data.seed), self.threshold)
         score = block["score"]
         prob = logistic(score, self.calibration)
         if block["flagged"]:
             t = block["predicted_target"]
-            return verdict_block(self.name, data, "backdoored", f"class {t}: reverse-engineered trigger with anomaly index "
-                                 f"{block['anomaly_index'][block['classes'].index(t)]:.1f} > {self.threshold:g}",
-                                 score, t, prob, evidence=block)
-        return verdict_block(self.name, data, "clean", f"no class's trigger stands out (highest index {score:.1f} <= "
-                             f"{self.threshold:g})", score, None, prob, evidence=block)
+            return Verdict("backdoored", f"class {t}: reverse-engineered trigger with anomaly index "
+                           f"{block['anomaly_index'][block['classes'].index(t)]:.1f} > {self.threshold:g}", score, t, prob).block(
+                self.name, data, block)
+        return Verdict("clean", f"no class's trigger stands out (highest index {score:.1f} <= {self.threshold:g})",
+                       score, None, prob).block(self.name, data, block)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from classwise.errors import ConfigError
+from classwise.models.factory import MODELS
 
 REFERENCE_DIR = Path(__file__).parent / "references"
 # The detector settings a reference was measured with: another value measures another statistic.
@@ -40,7 +41,9 @@ def training_recipe(config: dict[str, Any] | None) -> dict[str, Any] | None:
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if key == "model" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k != "input"}
+            # the shipped architecture of that name is the same model whether its config names it or not
+            shipped_target = MODELS.get(value.get("name"))
+            value = {k: v for k, v in value.items() if k != "input" and not (k == "_target_" and v == shipped_target)}
         if key in RECIPE_DEFAULTS and (value is None or value == RECIPE_DEFAULTS[key]):
             value = None
         out[key] = value
