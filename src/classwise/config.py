@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -251,11 +252,22 @@ def _full_key(exc: BaseException | None) -> str:
     return ""
 
 
+def command_line(config_name: str, hydra_main: Callable[[], None]) -> None:
+    """A console script: refuse a bad command line in one line (exit 2) before Hydra runs `hydra_main`."""
+    check_group_choices(sys.argv[1:])
+    check_composition(config_name, sys.argv[1:])
+    hydra_main()
+
+
 def cli_errors(fn):
-    """Turn a ConfigError into one line on stderr and exit status 2, with no traceback."""
+    """A Hydra job of a console script: a ConfigError is one line on stderr and exit status 2, with no traceback;
+    another error in a sweep job is recorded in its folder (FAILED) and the sweep goes on."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from classwise.progress import quiet_libraries
+
+        quiet_libraries()  # in the job, not at import: a joblib or SLURM job is a process of its own
         try:
             result = fn(*args, **kwargs)
             if _in_multirun():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from classwise.builders import (
     make_fabric,
     plain,
 )
-from classwise.config import check_composition, check_group_choices, cli_errors, conf_dir, validate
+from classwise.config import cli_errors, command_line, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible
 from classwise.models.external import load_model
@@ -30,7 +29,6 @@ from classwise.models.loading import read_checkpoint
 from classwise.patterns.references import recipe_of_checkpoint
 from classwise.pipeline.search_step import SearchJob, run_pattern_search
 from classwise.pipeline.settings import parse_settings
-from classwise.progress import quiet_libraries
 from classwise.ranks import Ranks
 from classwise.reporting.results import read_results, update_results
 
@@ -152,14 +150,11 @@ def _search_worker(fabric, cfg: DictConfig, output_dir: str) -> dict[str, Any] |
 @hydra.main(config_path=conf_dir(), config_name="search", version_base="1.3")
 @cli_errors
 def _main(cfg: DictConfig) -> None:
-    quiet_libraries()  # in the job, not at import: a joblib or SLURM job is a process of its own
     search(cfg)
 
 
 def main() -> None:
-    check_group_choices(sys.argv[1:])
-    check_composition("search", sys.argv[1:])
-    _main()
+    command_line("search", _main)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ from classwise.builders import (
     plain,
 )
 from classwise.checkpoints import AtomicCheckpointIO, resume_meta
-from classwise.config import check_composition, check_group_choices, cli_errors, conf_dir, validate
+from classwise.config import cli_errors, command_line, conf_dir, validate
 from classwise.errors import ConfigError
 from classwise.launch import set_reproducible, strategy_with_timeout
 from classwise.lit import ClassifierModule
 from classwise.models.factory import architecture_of
-from classwise.progress import quiet_libraries
 from classwise.ranks import Ranks
 from classwise.reporting.results import first_difference, read_results, update_results
 
@@ -225,14 +223,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
 @cli_errors
 def _main(cfg: DictConfig) -> None:
-    quiet_libraries()  # in the job, not at import: a joblib or SLURM job is a process of its own
     train(cfg)
 
 
 def main() -> None:
-    check_group_choices(sys.argv[1:])
-    check_composition("train", sys.argv[1:])
-    _main()
+    command_line("train", _main)
 
 
 if __name__ == "__main__":
