@@ -129,6 +129,12 @@ def test_an_architecture_of_ones_own_trains_and_its_checkpoint_is_searched(cli, 
     (("+detector.universal_patch.stps=9",), "did you mean detector.universal_patch.steps?"),
     (("+callbacks.checkpoint.monitr=val/acc",), "did you mean callbacks.checkpoint.monitor?"),
     (("seed=abc",), "seed='abc'; accepted: an integer"),
+    # the plain blocks of train.yaml and the paths group have schemas too
+    (("+module.foo=1",), "module.foo is not a key of module (ModuleConfig); accepted: channels_last, optimizer, scheduler"),
+    (("module.channels_last=abc",), "module.channels_last"),
+    (("+paths.dta_dir=/tmp",), "paths.dta_dir is not a key of paths (PathsConfig); did you mean paths.data_dir?"),
+    # a Hydra flag's value is not an override: the check still sees the overrides around it
+    (("--cfg", "job", "search.foo=1"), "Key 'foo' not in 'SearchSettings'"),
     # keys of the old flat block: where they went
     (("search.eval_ci=0.1",), "search.eval_ci has moved; accepted: search.evaluation.ci"),
     (("search.canvas=best_of_k",), "accepted: search.canvas.strategy=best_of_k"),
@@ -139,6 +145,19 @@ def test_bad_train_input_fails_fast_with_one_line(refused, overrides, needle):
     assert proc.returncode == 2
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    # WandbLogger passes unknown keywords on to wandb.init: a key is checked against both
+    (("+logger.projet=x",), "logger.projet is not an argument of lightning.pytorch.loggers.WandbLogger; did you mean "
+                            "logger.project?"),
+    (("logger.mode=onlin",), "logger.mode='onlin' is unknown; accepted: offline, online, disabled"),
+    (("logger.server_timeout=-1",), "logger.server_timeout=-1; accepted: a positive number of seconds"),
+])
+def test_bad_logger_input_fails_fast_with_one_line(refused, overrides, needle):
+    proc = refused("train", "dataset=synthetic", *overrides)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert needle in proc.stderr
 
 
 def test_bad_input_through_the_installed_command(cli):

@@ -132,7 +132,9 @@ def test_an_unknown_detector_key_fails_before_compute():
     # a key the target does not take, added with `+`
     ("+trigger.sise=3", r"^trigger.sise is not an argument of classwise.data.triggers.BadNets; did you mean trigger.size\?"),
     ("+setting.poisoner.target=1", r"^setting.poisoner.target is not an argument of classwise.data.poisoning.Poisoner"),
-    ("+logger.foo=1", None),  # WandbLogger passes any other keyword to wandb.init
+    # WandbLogger passes any other keyword to wandb.init, which takes only its own (a TypeError once logging starts)
+    ("+logger.entity=me", None),
+    ("+logger.foo=1", r"^logger.foo is not an argument of lightning.pytorch.loggers.WandbLogger"),
     ("+module.optimizer.betas=[0.5,0.9]", None),
     ("+module.optimizer.beta=0.5", r"^module.optimizer.beta is not an argument of torch.optim.Adam; did you mean "
                                    r"module.optimizer.betas\?"),
@@ -174,3 +176,17 @@ def test_a_run_folder_not_known_yet_is_not_a_wrong_type():
     cfg.callbacks.pattern_search["output_dri"] = "${run_dir}"
     with pytest.raises(ConfigError, match=r"did you mean callbacks.pattern_search.output_dir"):
         check_targets(cfg)
+
+
+@pytest.mark.parametrize("argv,flags,overrides", [
+    (["--cfg", "job", "seed=1"], {"--cfg": "job"}, ["seed=1"]),
+    (["-c", "hydra", "-p", "search", "seed=1"], {"-c": "hydra", "-p": "search"}, ["seed=1"]),
+    (["-m", "seed=1,2", "--info"], {"-m": None, "--info": None}, ["seed=1,2"]),
+    (["--info", "defaults", "seed=1"], {"--info": "defaults"}, ["seed=1"]),
+    (["--info", "seed=1"], {"--info": None}, ["seed=1"]),
+    (["-cn", "search", "--config-dir=/x", "a=b"], {"-cn": "search", "--config-dir": "/x"}, ["a=b"]),
+])
+def test_hydra_flags_and_their_values_are_not_overrides(argv, flags, overrides):
+    from classwise.config import split_command_line
+
+    assert split_command_line(argv) == (flags, overrides)

@@ -56,9 +56,10 @@ def build_logger(cfg: DictConfig, job_type: str):
     if setting.get("poisoner"):
         tags.append(f"trigger:{cfg.trigger._target_.rsplit('.', 1)[-1].lower()}")
     wandb_cfg = plain(logger_cfg)
+    from classwise.config import check_wandb
+
+    check_wandb(logger_cfg)
     timeout = wandb_cfg.pop("server_timeout", CHECK_TIMEOUT)  # ours, not WandbLogger's
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"logger.server_timeout={timeout} must be a positive number of seconds")
     logger = instantiate(wandb_cfg, mode=wandb_mode(wandb_cfg.get("mode"), timeout), group=sweep_group(),
                          job_type=job_type, tags=tags)
     # Lightning always passes `anonymous`, which wandb no longer reads and warns about on every run.

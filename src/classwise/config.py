@@ -86,6 +86,8 @@ def validate(cfg: DictConfig) -> None:
         parse_settings(cfg.search)  # ranges and names the schema's types cannot say
     if "trainer" in cfg:
         check_trainer_types(cfg.trainer)
+    if str(OmegaConf.select(cfg, "logger._target_", default="")).endswith("WandbLogger"):
+        check_wandb(cfg.logger)
     if model not in EXTERNAL and not cfg.get("checkpoint") and not OmegaConf.select(cfg, "model.pretrained"):
         # An architecture classwise trains builds in milliseconds on the CPU (not pretrained weights: no download here):
         # `model.width=abc` fails here in one line.
@@ -144,6 +146,19 @@ def check_trainer_types(trainer: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={value!r}; accepted: an integer (batches) or a float (a share of them), or null")
 
 
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def check_wandb(logger: DictConfig) -> None:
+    """The W&B values wandb itself would refuse only once the first metric is logged, after setup."""
+    mode = logger.get("mode")
+    if mode is not None and mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode={mode!r} is unknown; accepted: {', '.join(WANDB_MODES)}")
+    timeout = logger.get("server_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+        raise ConfigError(f"logger.server_timeout={timeout!r}; accepted: a positive number of seconds")
+
+
 def refuse(message: object) -> NoReturn:
     """The CLIs' answer to bad input: `<command>: error: <message>` on stderr, exit status 2."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
@@ -164,11 +179,12 @@ def check_group_choices(argv: list[str]) -> None:
     exiting 1. Skipped where the user adds config folders of their own (--config-dir, -cd,
     hydra.searchpath), whose options this cannot see; sweeps (`a,b`) have each option checked.
     """
+    flags, overrides = split_command_line(argv)
     try:
-        check_moved_overrides(argv)
+        check_moved_overrides(overrides)
     except ConfigError as exc:
         refuse(exc)
-    for arg in argv:
+    for arg in overrides:
         key, _, value = arg.lstrip("+~").partition("=")
         if key == "hydra/launcher" and value in LAUNCHER_PLUGINS:
             module, package = LAUNCHER_PLUGINS[value]
@@ -176,10 +192,11 @@ def check_group_choices(argv: list[str]) -> None:
                 import_extra(module, f"hydra/launcher={value}", package, "launchers")
             except ConfigError as exc:
                 refuse(exc)
-    if any(a.startswith(("--config-dir", "-cd", "hydra.searchpath")) for a in argv):
+    if any(f in flags for f in ("--config-dir", "-cd", "--config-path", "-cp")) or any(
+            a.startswith("hydra.searchpath") for a in overrides):
         return
     root = Path(conf_dir())
-    for arg in argv:
+    for arg in overrides:
         key, eq, value = arg.lstrip("+~").partition("=")
         group = root / key
         if not eq or not key or key.startswith(("hydra", "-")) or not group.is_dir():
@@ -193,6 +210,34 @@ def check_group_choices(argv: list[str]) -> None:
                 refuse(f"{key}={v.strip()} is unknown; accepted: {', '.join(options)}")
 
 
+# Hydra's command-line flags that take a value as the next word (`--cfg job`, `-cn search`).
+_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun")
+_INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def split_command_line(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Hydra's flags (with their values) and the overrides of a command line, as Hydra's parser reads them."""
+    flags: dict[str, str | None] = {}
+    overrides: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if not word.startswith("-"):
+            overrides.append(word)
+            continue
+        name, eq, value = word.partition("=")
+        if not eq and name in _FLAGS_WITH_VALUE:
+            value = next(words, None)
+        elif not eq and name in ("--info", "-i"):
+            nxt = next(words, None)
+            if nxt in _INFO_TOPICS:
+                value = nxt
+            elif nxt is not None:
+                overrides.append(nxt)
+        flags[name] = value or None
+    return flags, overrides
+
+
 def check_composition(config_name: str, argv: list[str]) -> None:
     """Compose the config as Hydra will and refuse, in one line, an override or schema it breaks.
 
@@ -201,15 +246,17 @@ def check_composition(config_name: str, argv: list[str]) -> None:
     composes first and says it in one line (exit 2). A sweep (`a=1,2`) is composed with each of its
     values (at most 8 of them), the others at their first value.
     """
-    if any(a.startswith(("--config-dir", "-cd")) for a in argv):
-        return
+    flags, overrides = split_command_line(argv)
+    if any(f in flags for f in ("--config-dir", "-cd", "--config-path", "-cp")):
+        return  # configs of the user's own folder: Hydra composes and reports
+    config_name = flags.get("--config-name") or flags.get("-cn") or config_name
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if GlobalHydra.instance().is_initialized():
         return  # inside a Hydra app (tests composing in-process): Hydra composes and reports
-    args = [a for a in argv if not a.startswith("-") and (a.startswith("hydra.searchpath") or not a.lstrip("+~").startswith("hydra"))]
+    args = [a for a in overrides if a.startswith("hydra.searchpath") or not a.lstrip("+~").startswith("hydra")]
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except Exception as exc:  # noqa: BLE001 - Hydra's parser errors are of several types

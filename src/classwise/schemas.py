@@ -70,6 +70,11 @@ def _type_name(schema: Any, key: str) -> str:
     return f"{text}, or null" if node._is_optional() and name in ("int", "float", "bool", "str") else text
 
 
+# Targets whose **kwargs go on to another function (whose own arguments they accept), and the keys
+# classwise reads itself from their block.
+PASSES_KWARGS_TO = {"lightning.pytorch.loggers.WandbLogger": ("wandb.init", ("server_timeout",))}
+
+
 @functools.cache
 def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> Signature | None:
     """The schema of `target` (a dotted path or a callable); None where it cannot be imported or inspected here.
@@ -78,7 +83,6 @@ def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> S
     says so in one line; `drop` are arguments the caller passes itself.
     """
     from hydra.utils import get_object
-    from hydra_zen import builds
 
     try:
         obj = get_object(target) if isinstance(target, str) else target
@@ -86,6 +90,26 @@ def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> S
     except Exception:  # noqa: BLE001 - not importable or not inspectable: the build reports it
         return None
     name = target if isinstance(target, str) else f"{obj.__module__}.{obj.__qualname__}"
+    names, typed = _arguments(obj, params, drop)
+    is_open = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+    if is_open and name in PASSES_KWARGS_TO:
+        onward, own = PASSES_KWARGS_TO[name]
+        then = get_object(onward)
+        params = inspect.signature(then).parameters
+        more, more_typed = _arguments(then, params, drop)
+        names += tuple(n for n in (*more, *own) if n not in names)
+        typed += [f for f in more_typed if f.name not in {t.name for t in typed}]
+        is_open = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+    schema = OmegaConf.structured(dataclasses.make_dataclass(
+        "Schema", [(f.name, f.type, dataclasses.field(default=MISSING)) for f in typed]))
+    OmegaConf.set_struct(schema, False)
+    return Signature(name, names, is_open, schema)
+
+
+def _arguments(obj: Any, params: Any, drop: tuple[str, ...]) -> tuple[tuple[str, ...], list[dataclasses.Field]]:
+    """The keyword arguments `obj` takes, and those of them whose annotation OmegaConf can type (hydra-zen)."""
+    from hydra_zen import builds
+
     try:
         built = builds(obj, populate_full_signature=True)
     except Exception:  # noqa: BLE001 - a signature hydra-zen cannot type: names only, no types
@@ -94,12 +118,7 @@ def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> S
     names = tuple(p for p, v in params.items() if v.kind in kinds and p not in drop and p != "self")
     fields = {f.name for f in dataclasses.fields(built)} if built is not None else set()
     typed = [f for f in dataclasses.fields(built) if f.name in names] if built is not None else []
-    schema = OmegaConf.structured(dataclasses.make_dataclass(
-        "Schema", [(f.name, f.type, dataclasses.field(default=MISSING)) for f in typed]))
-    OmegaConf.set_struct(schema, False)
-    names = tuple(n for n in names if n in fields or built is None)
-    is_open = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
-    return Signature(name, names, is_open, schema)
+    return tuple(n for n in names if n in fields or built is None), typed
 
 
 def check_targets(cfg: DictConfig, path: str = "") -> None:
@@ -128,7 +147,7 @@ def check_targets(cfg: DictConfig, path: str = "") -> None:
 
 
 def _check_schema_keys(node: DictConfig, path: str) -> None:
-    """A block with a dataclass schema (search, dataset, data, setting) holds only the schema's keys.
+    """A block with a dataclass schema (search, dataset, data, setting, module, paths) holds only the schema's keys.
 
     Hydra's `+key=value` adds a key even to a structured config: `+search.foo=1` would pass silently.
     """
@@ -166,15 +185,13 @@ def _check_block(block: DictConfig, path: str, target: Any, skip: tuple[str, ...
     for key in block.keys():
         if key in skip or key in HYDRA_KEYS:
             continue
-        try:
-            value = block[key]
-        except Exception:  # noqa: BLE001 - not resolvable here (Hydra's run folder): the name is still checked
-            value = None
-        if value is None and OmegaConf.is_interpolation(block, key):
-            # `${hydra:runtime.output_dir}` raises outside a run, or reads None where an earlier Hydra
-            # run in this process left its state: either way it is filled in by the run itself
+        if OmegaConf.is_interpolation(block, key):
+            # Checked where it is written (`T_max: ${trainer.max_epochs}` as trainer.max_epochs), and
+            # `${hydra:runtime.output_dir}` raises outside a run or reads None where an earlier Hydra run in
+            # this process left its state: the run itself fills it in. The name is still this target's.
             sig.check(path, str(key), name_only=True)
             continue
+        value = block[key]
         if isinstance(value, DictConfig) and "_target_" in value:
             # an object built before the call: its own block is checked where it is written
             sig.check(path, str(key), name_only=True)
@@ -226,11 +243,35 @@ class RunKeys:
     patterns_from: str | None = None
 
 
+@dataclasses.dataclass
+class ModuleConfig:
+    """`module:` in conf/train.yaml: the training layout, and the optimiser and scheduler blocks (partials,
+    checked against their targets by `check_targets`)."""
+
+    channels_last: bool = False
+    optimizer: Any = MISSING
+    scheduler: Any = None
+
+
+@dataclasses.dataclass
+class PathsConfig:
+    """conf/paths: where data and outputs live."""
+
+    root_dir: str = "."
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING  # Hydra's run folder
+
+
 def register_schemas() -> None:
-    """`setting/schema` in Hydra's ConfigStore: each conf/setting option starts from it (its defaults list)."""
+    """The schemas in Hydra's ConfigStore that configs start from (their defaults lists): `setting/schema`
+    (each conf/setting option), `paths/schema` (conf/paths) and `module_schema` (the `module:` block)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(group="setting", name="schema", node=SettingConfig)
+    store = ConfigStore.instance()
+    store.store(group="setting", name="schema", node=SettingConfig)
+    store.store(group="paths", name="schema", node=PathsConfig)
+    store.store(name="module_schema", node={"module": ModuleConfig})
 
 
 def _check_run_keys(cfg: DictConfig) -> None:
