@@ -240,3 +240,44 @@ def test_neural_cleanse_flags_the_planted_class():
     assert all(block["reached_threshold"])
     assert block["values"][target] < 0.5 * min(v for i, v in enumerate(block["values"]) if i != target)
     assert max(block["epochs_run"]) < 80  # early stop ended every class
+
+
+PLANTED = (1, 2, 2)  # target, top, left of the toy model below
+
+
+def planted_patch_baseline(task):
+    """A baseline of the user's own (by its dotted path): the planted patch itself, pasted on each canvas."""
+    from classwise.patterns.evaluate import Rates
+
+    _, top, left = PLANTED
+    pix = torch.zeros(len(task.targets), len(task.ratios), 1, SIZE, SIZE, dtype=torch.bool)
+    pix[..., top : top + PATCH, left : left + PATCH] = True
+    rates = task.evaluate(stamp(task.canvases, top, left, PATCH), pix, what="planted patch")
+    return {"planted": rates, "bad_shape": Rates(rates.hits[:, :1], rates.n[:, :1])} if task.settings.seed == 7 else {
+        "planted": rates}
+
+
+def test_a_baseline_of_ones_own_runs_beside_the_registered_ones():
+    """`search.baselines.methods` takes a registered name or a function's dotted path: it is evaluated held out
+    like the others (same images and stopping rule) and lands in by_ratio; a misfit is one line."""
+    target, top, left = PLANTED
+    tr_x, tr_y, te_x, te_y = synthetic()
+    model = PlantedPatchModel(1, SIZE, CLASSES, target, top, left, PATCH)
+    pool = CanvasPool("train", torch.arange(len(tr_y)), tr_y, lambda i: tr_x[i])
+    data = SearchData(CLASSES, pool, (te_x[:400], te_y[:400]), (te_x[400:], te_y[400:]))
+    mine = "tests.test_patterns.planted_patch_baseline"
+    res = classwise_patterns(model, [0, target], data, SearchSettings(steps=5, pattern_ratios=[0.05, 0.1], baselines=
+                             BaselinesConfig([mine, "random"])), progress=False)
+    for r in res:
+        for b in r.by_ratio:
+            assert set(b["baselines"]) == {"planted", "random"}
+            assert b["baselines_n"]["planted"] > 0
+            # the model answers `target` exactly on the planted patch: 1 for its class, 0 for the other
+            assert b["baselines"]["planted"] == (1.0 if r.class_index == target else 0.0)
+    with pytest.raises(ConfigError, match=r"returned 'bad_shape' as Rates \(2, 1\); accepted: Rates of shape \[classes, ratios\] = \[2, 2\]"):
+        classwise_patterns(model, [0, target], data, SearchSettings(steps=5, seed=7, pattern_ratios=[0.05, 0.1],
+                           baselines=BaselinesConfig([mine])), progress=False)
+    for bad, why in (("tests.test_patterns.no_such_fn", "cannot be imported"), ("edges", "accepted: random, gradcam"),
+                     ("tests.test_patterns.PLANTED", "a tuple")):
+        with pytest.raises(ConfigError, match=why):
+            BaselinesConfig([bad])

@@ -1,8 +1,11 @@
-"""Baselines at the pattern's pixel budget: attribution-map pixels (Grad-CAM, saliency) and targeted UAPs."""
+"""Baselines at the pattern's pixel budget (random pixels, Grad-CAM, saliency, targeted UAPs, universal patches),
+one registered function each."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -10,24 +13,19 @@ from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.patterns.chunking import RunOptions, class_chunks, images_per_pass
+from classwise.patterns.evaluate import Rates, random_pixels
 from classwise.patterns.search import (
     ImageSet,
     OtherClassBatches,
     as_float,
     frozen,
+    stream_seed,
     top_pixels,
 )
 from classwise.progress import tqdm
 
-BASELINES = ("random", "gradcam", "saliency", "uap", "universal_patch")
-
-
-def check_baselines(names) -> list[str]:
-    names = list(names or [])
-    for n in names:
-        if n not in BASELINES:
-            raise ConfigError(f"search.baselines.methods has {n!r}; accepted: {', '.join(BASELINES)}")
-    return names
+if TYPE_CHECKING:
+    from classwise.patterns.settings import SearchSettings
 
 
 def last_conv(model: nn.Module) -> nn.Module:
@@ -200,3 +198,113 @@ def universal_patches(
             opt.step()
         values = torch.sigmoid(fine).detach().view(k, r_count, c, h, w)
     return values.cpu(), pixels.cpu()
+
+
+# -- The baselines' registry: `search.baselines.methods` names them; one function a baseline. ------------------
+
+
+@dataclass
+class BaselineTask:
+    """What every baseline reads: the classes, their patterns' canvases and pixel budgets, the search pool
+    (to fit on), and the held-out evaluation the patterns had (same images, order and stopping rule)."""
+
+    model: nn.Module
+    targets: list[int]
+    canvases: torch.Tensor  # [K, C, H, W] the patterns' canvases
+    ratios: list[float]
+    search_set: ImageSet
+    settings: SearchSettings
+    # (images [K, C, H, W] or [K, R', C, H, W], pixels [K, R', 1, H, W], additive, what) -> Rates [K, R']
+    evaluate: Callable[..., Rates]
+    progress: bool = True
+
+    @property
+    def run(self) -> RunOptions:
+        return RunOptions(self.settings.max_forward, self.progress)
+
+
+Baseline = Callable[[BaselineTask], dict[str, Rates]]  # rates [K, R] by the name results.json gives them
+BASELINES: dict[str, Baseline] = {}
+
+
+def baseline(name: str) -> Callable[[Baseline], Baseline]:
+    """Register a baseline under `name` (what `search.baselines.methods` lists)."""
+
+    def register(fn: Baseline) -> Baseline:
+        BASELINES[name] = fn
+        return fn
+
+    return register
+
+
+def baseline_named(name: str) -> Baseline:
+    """A registered baseline, or a function of the user's by its dotted path (`my_pkg.baselines.edges`)."""
+    if name in BASELINES:
+        return BASELINES[name]
+    accepted = f"{', '.join(BASELINES)}, or the dotted path of a function taking a BaselineTask"
+    if "." not in name:
+        raise ConfigError(f"search.baselines.methods has {name!r}; accepted: {accepted}")
+    from hydra.utils import get_object
+
+    try:
+        fn = get_object(name)
+    except Exception as exc:  # noqa: BLE001 - not importable: the user's package or a typo
+        raise ConfigError(f"search.baselines.methods has {name!r}, which cannot be imported ({type(exc).__name__}); "
+                          f"accepted: {accepted}") from None
+    if not callable(fn):
+        raise ConfigError(f"search.baselines.methods has {name!r}, a {type(fn).__name__}; accepted: {accepted}")
+    return fn
+
+
+def check_baselines(names) -> list[str]:
+    names = list(names or [])
+    for n in names:
+        baseline_named(n)
+    return names
+
+
+@baseline("random")
+def random_baseline(task: BaselineTask) -> dict[str, Rates]:
+    """Random pixels of the pattern's budget on the pattern's canvas (a seeded stream per class)."""
+    h, w = task.canvases.shape[-2:]
+    pix = torch.stack([
+        torch.stack(random_pixels((h, w), task.ratios, torch.Generator().manual_seed(stream_seed(task.settings.seed,
+                                                                                                 2_000_000 + t))))
+        for t in task.targets
+    ])  # [K, R, 1, H, W]
+    return {"random": task.evaluate(task.canvases, pix, what="random pixels")}
+
+
+def _attribution_baseline(method: str) -> Baseline:
+    def attribution(task: BaselineTask) -> dict[str, Rates]:
+        attr = attribution_map(task.model, task.canvases, torch.tensor(task.targets), method, task.settings.max_forward)
+        pix = torch.stack([top_pixels(attr.unsqueeze(1), r) for r in task.ratios], 1)  # [K, R, 1, H, W]
+        return {method: task.evaluate(task.canvases, pix, what=method)}
+
+    attribution.__doc__ = f"The canvas's top {method} pixels at the pattern's budget, its own values kept."
+    return attribution
+
+
+baseline("gradcam")(_attribution_baseline("gradcam"))
+baseline("saliency")(_attribution_baseline("saliency"))
+
+
+@baseline("uap")
+def uap_baseline(task: BaselineTask) -> dict[str, Rates]:
+    """A targeted UAP per class, added to every image: dense (no pixel budget, the same at every ratio) and
+    kept on its largest-L1 pixels of the pattern's budget."""
+    deltas = targeted_uaps(task.model, task.targets, task.search_set, task.settings.baselines.uap, task.run)
+    k, (h, w), r_count = len(task.targets), deltas.shape[-2:], len(task.ratios)
+    full = torch.ones(k, 1, 1, h, w, dtype=torch.bool)
+    topk = torch.stack([top_pixels(deltas.abs().sum(1, keepdim=True), r) for r in task.ratios], 1)  # [K, R, 1, H, W]
+    uap = task.evaluate(deltas, torch.cat([full, topk], 1), additive=True, what="UAPs")  # [K, 1 + R]
+    return {"uap_topk": Rates(uap.hits[:, 1:], uap.n[:, 1:]),
+            "uap_dense": Rates(uap.hits[:, :1].expand(-1, r_count), uap.n[:, :1].expand(-1, r_count))}
+
+
+@baseline("universal_patch")
+def universal_patch_baseline(task: BaselineTask) -> dict[str, Rates]:
+    """The best universal patch of the pattern's budget per class (free pixel values), pasted hard."""
+    values, pix = universal_patches(task.model, task.targets, task.ratios, task.search_set,
+                                    task.settings.baselines.universal_patch, task.run)  # [K, R, C, H, W], [K, R, 1, H, W]
+    return {"universal_patch": task.evaluate(values, pix, what="universal patches")}

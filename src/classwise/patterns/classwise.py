@@ -10,17 +10,12 @@ import torch
 from torch import nn
 
 from classwise.errors import ConfigError
-from classwise.patterns.baselines import (
-    attribution_map,
-    targeted_uaps,
-    universal_patches,
-)
+from classwise.patterns.baselines import BASELINES, BaselineTask, baseline_named
 from classwise.patterns.canvas import (
     CanvasPool,
     check_canvas_index,
     choose_candidates,
 )
-from classwise.patterns.chunking import RunOptions
 from classwise.patterns.evaluate import (
     EVAL_ORDER_KEY,
     EvalOptions,
@@ -28,7 +23,6 @@ from classwise.patterns.evaluate import (
     attack_success_rates,
     attack_successes,
     held_out_base_rates,
-    random_pixels,
 )
 from classwise.patterns.search import (
     ImageSet,
@@ -166,10 +160,12 @@ def classwise_patterns(
     order_seed = stream_seed(search_cfg.seed, EVAL_ORDER_KEY)
 
     def held_out(images: torch.Tensor, pix: torch.Tensor, additive: bool = False, what: str = "patterns") -> Rates:
-        """Rates [K, R'] of per-class images [K, C, H, W] pasted (or added) at pix [K, R', 1, H, W]."""
+        """Rates [K, R'] of images [K, C, H, W] (one per class) or [K, R', C, H, W] pasted (or added) at
+        pix [K, R', 1, H, W]."""
         reps = pix.shape[1]
+        flat = images.flatten(0, 1) if images.dim() == 5 else images.repeat_interleave(reps, 0)
         return attack_successes(
-            model, images.repeat_interleave(reps, 0), pix.flatten(0, 1), tgt.repeat_interleave(reps), ImageSet(eval_x, eval_y),
+            model, flat, pix.flatten(0, 1), tgt.repeat_interleave(reps), ImageSet(eval_x, eval_y),
             EvalOptions(additive=additive, half_width=eval_ci, order_seed=order_seed, progress=progress,
                         description=f"evaluating {what}", max_forward=eval_forward),
         ).view(k_count, reps)
@@ -180,38 +176,16 @@ def classwise_patterns(
         base = held_out_base_rates(model, ImageSet(eval_x, eval_y), tgt,
                                    EvalOptions(max_forward=eval_forward, half_width=eval_ci, order_seed=order_seed))  # [K]
     baseline_rates: dict[str, Rates] = {}  # name -> [K, R]
-    if "random" in baselines:
-        with timer("baselines.random"):
-            pix = torch.stack([
-                torch.stack(random_pixels((h, w), ratios, torch.Generator().manual_seed(stream_seed(search_cfg.seed, 2_000_000 + t))))
-                for t in targets
-            ])
-            baseline_rates["random"] = held_out(canv, pix, what="random pixels")
-    for method in ("gradcam", "saliency"):
-        if method in baselines:
-            with timer(f"baselines.{method}"):
-                attr = attribution_map(model, canv, tgt, method, search_cfg.max_forward)
-                baseline_rates[method] = held_out(canv, torch.stack([top_pixels(attr.unsqueeze(1), r) for r in ratios], 1), what=method)
-    if "uap" in baselines:
-        with timer("baselines.uap"):
-            deltas = targeted_uaps(model, targets, ImageSet(search_x, search_y), settings.baselines.uap,
-                                   RunOptions(search_cfg.max_forward, progress))
-            full = torch.ones(k_count, 1, 1, h, w, dtype=torch.bool)
-            topk = torch.stack([top_pixels(deltas.abs().sum(1, keepdim=True), r) for r in ratios], 1)  # [K, R, 1, H, W]: largest L1 over channels
-            uap = held_out(deltas, torch.cat([full, topk], 1), additive=True, what="UAPs")  # [K, 1 + R]
-            baseline_rates["uap_topk"] = Rates(uap.hits[:, 1:], uap.n[:, 1:])
-            # The dense UAP has no pixel budget: the same value at every ratio.
-            baseline_rates["uap_dense"] = Rates(uap.hits[:, :1].expand(-1, r_count), uap.n[:, :1].expand(-1, r_count))
-    if "universal_patch" in baselines:
-        with timer("baselines.universal_patch"):
-            patch_cfg = settings.baselines.universal_patch
-            values, patch_pix = universal_patches(model, targets, ratios, ImageSet(search_x, search_y), patch_cfg,
-                                                  RunOptions(search_cfg.max_forward, progress))  # [K, R, C, H, W], [K, R, 1, H, W]
-            baseline_rates["universal_patch"] = attack_successes(
-                model, values.flatten(0, 1), patch_pix.flatten(0, 1), tgt.repeat_interleave(r_count), ImageSet(eval_x, eval_y),
-                EvalOptions(half_width=eval_ci, order_seed=order_seed, progress=progress,
-                            description="evaluating universal patches", max_forward=eval_forward),
-            ).view(k_count, r_count)
+    task = BaselineTask(model, targets, canv, list(ratios), ImageSet(search_x, search_y), settings, held_out, progress)
+    registered = list(BASELINES)
+    for name in sorted(baselines, key=lambda n: registered.index(n) if n in registered else len(registered)):
+        with timer(f"baselines.{name.rsplit('.', 1)[-1]}"):
+            for key, rates in baseline_named(name)(task).items():
+                if not isinstance(rates, Rates) or tuple(rates.hits.shape) != (k_count, r_count):
+                    raise ConfigError(f"search.baselines.methods: {name} returned {key!r} as {type(rates).__name__} "
+                                      f"{tuple(getattr(rates, 'hits', torch.empty(0)).shape)}; accepted: Rates of shape "
+                                      f"[classes, ratios] = [{k_count}, {r_count}] (BaselineTask.evaluate's)")
+                baseline_rates[key] = rates
     ties = [tie_counts(masks, r) for r in ratios]  # per ratio: ([K] non-zero, [K] decided by the tie-break)
 
     out = []
