@@ -82,10 +82,10 @@ def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> S
     A target that cannot be imported (a user's package not on this path) is left to the build, which
     says so in one line; `drop` are arguments the caller passes itself.
     """
-    from hydra.utils import get_object
+    from classwise.locate import locate
 
     try:
-        obj = get_object(target) if isinstance(target, str) else target
+        obj = locate(target) if isinstance(target, str) else target
         params = inspect.signature(obj).parameters
     except Exception:  # noqa: BLE001 - not importable or not inspectable: the build reports it
         return None
@@ -94,7 +94,7 @@ def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> S
     is_open = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
     if is_open and name in PASSES_KWARGS_TO:
         onward, own = PASSES_KWARGS_TO[name]
-        then = get_object(onward)
+        then = locate(onward)
         params = inspect.signature(then).parameters
         more, more_typed = _arguments(then, params, drop)
         names += tuple(n for n in (*more, *own) if n not in names)

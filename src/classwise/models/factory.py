@@ -91,7 +91,7 @@ def architecture(name: str, target: str | None = None) -> Callable[..., nn.Modul
     It is called with `in_channels` and `num_classes` (and `image_size` where it takes one), then the
     model config's other keys; classwise adds the dataset's normalisation around what it builds.
     """
-    from hydra.utils import get_object
+    from classwise.locate import locate
 
     path = target or MODELS.get(name)
     shipped = {v: k for k, v in MODELS.items()}
@@ -104,7 +104,7 @@ def architecture(name: str, target: str | None = None) -> Callable[..., nn.Modul
         raise ConfigError(f"model.name={name!r} is unknown; accepted: {', '.join(sorted(MODELS))}, or a model "
                           "config with a _target_ (conf/model/<yours>.yaml)")
     try:
-        return get_object(path)
+        return locate(path)
     except Exception as exc:  # noqa: BLE001 - not importable: the user's package or a typo
         raise ConfigError(f"model._target_={path} cannot be imported ({type(exc).__name__}); accepted: an importable "
                           "nn.Module class taking in_channels and num_classes (its package on PYTHONPATH)") from None

@@ -244,10 +244,10 @@ def baseline_named(name: str) -> Baseline:
     accepted = f"{', '.join(BASELINES)}, or the dotted path of a function taking a BaselineTask"
     if "." not in name:
         raise ConfigError(f"search.baselines.methods has {name!r}; accepted: {accepted}")
-    from hydra.utils import get_object
+    from classwise.locate import locate
 
     try:
-        fn = get_object(name)
+        fn = locate(name)
     except Exception as exc:  # noqa: BLE001 - not importable: the user's package or a typo
         raise ConfigError(f"search.baselines.methods has {name!r}, which cannot be imported ({type(exc).__name__}); "
                           f"accepted: {accepted}") from None
