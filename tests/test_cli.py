@@ -133,6 +133,7 @@ def test_an_architecture_of_ones_own_trains_and_its_checkpoint_is_searched(cli, 
     (("+module.foo=1",), "module.foo is not a key of module (ModuleConfig); accepted: channels_last, optimizer, scheduler"),
     (("module.channels_last=abc",), "module.channels_last"),
     (("+paths.dta_dir=/tmp",), "paths.dta_dir is not a key of paths (PathsConfig); did you mean paths.data_dir?"),
+    (("~module.scheduler",), "~module.scheduler: a key of a schema's block cannot be deleted; accepted: module.scheduler=null"),
     # a Hydra flag's value is not an override: the check still sees the overrides around it
     (("--cfg", "job", "search.foo=1"), "Key 'foo' not in 'SearchSettings'"),
     # keys of the old flat block: where they went
@@ -153,6 +154,7 @@ def test_bad_train_input_fails_fast_with_one_line(refused, overrides, needle):
                             "logger.project?"),
     (("logger.mode=onlin",), "logger.mode='onlin' is unknown; accepted: offline, online, disabled"),
     (("logger.server_timeout=-1",), "logger.server_timeout=-1; accepted: a positive number of seconds"),
+    (("logger.server_timeout=null",), "logger.server_timeout=None; accepted: a positive number of seconds"),
 ])
 def test_bad_logger_input_fails_fast_with_one_line(refused, overrides, needle):
     proc = refused("train", "dataset=synthetic", *overrides)
@@ -177,6 +179,17 @@ def test_checkpoint_of_another_model_is_refused(trained, refused):
     assert proc.returncode == 2 and "dataset.channels" in proc.stderr
     proc = refused("search", *FAST, "checkpoint=/no/such.ckpt")
     assert proc.returncode == 2 and "checkpoint=" in proc.stderr
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (("bench.member=abc",), "could not be converted to Integer (bench.member)"),
+    (("+bench.membr=1",), "bench.membr is not a key of bench (BenchConfig); did you mean bench.member?"),
+    (("bench.population=prod",), "bench.population='prod' is unknown; accepted: dev, test"),
+])
+def test_a_bad_population_bench_is_refused_in_one_line(refused, overrides, needle):
+    proc = refused("search", *FAST, "bench=population", *overrides)
+    assert proc.returncode == 2 and needle in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if "error" in line]) == 1 and "Traceback" not in proc.stderr
 
 
 def test_search_rejects_class_and_canvas_index_out_of_range(trained, refused):

@@ -185,8 +185,30 @@ def test_a_run_folder_not_known_yet_is_not_a_wrong_type():
     (["--info", "defaults", "seed=1"], {"--info": "defaults"}, ["seed=1"]),
     (["--info", "seed=1"], {"--info": None}, ["seed=1"]),
     (["-cn", "search", "--config-dir=/x", "a=b"], {"-cn": "search", "--config-dir": "/x"}, ["a=b"]),
+    (["--info", "-m", "model=x"], {"--info": None, "-m": None}, ["model=x"]),
 ])
 def test_hydra_flags_and_their_values_are_not_overrides(argv, flags, overrides):
     from classwise.config import split_command_line
 
     assert split_command_line(argv) == (flags, overrides)
+
+
+def test_a_run_recorded_before_models_named_their_target_is_the_same_run():
+    """results.json and checkpoints written before conf/model options had a `_target_` built the shipped
+    architecture of their name: a rerun sweep skips them as finished, and the report groups them with new runs."""
+    from classwise.reporting.results import first_difference
+
+    new = OmegaConf.to_container(compose_train(), resolve=False)
+    old = {**new, "model": {k: v for k, v in new["model"].items() if k != "_target_"}}
+    assert new["model"]["_target_"] == "classwise.models.small_cnn.SmallCNN"
+    assert first_difference(old, new) is None and first_difference(new, old) is None
+    wider = {**old, "model": {**old["model"], "width": 64}}
+    assert first_difference(wider, new) == ("model.width", 64, new["model"]["width"])
+    other = {**new, "model": {**new["model"], "_target_": "my_pkg.Net", "name": "mine"}}
+    assert first_difference(old, other)[0] == "model.name"
+
+
+def test_each_baseline_runs_once_whatever_the_list_repeats():
+    from classwise.patterns import BaselinesConfig
+
+    assert BaselinesConfig(["uap", "random", "uap"]).methods == ["uap", "random"]

@@ -86,6 +86,12 @@ def validate(cfg: DictConfig) -> None:
         parse_settings(cfg.search)  # ranges and names the schema's types cannot say
     if "trainer" in cfg:
         check_trainer_types(cfg.trainer)
+    population = OmegaConf.select(cfg, "bench.population")
+    if population is not None:
+        from classwise.population import POPULATIONS
+
+        if population not in POPULATIONS:
+            raise ConfigError(f"bench.population={population!r} is unknown; accepted: {', '.join(POPULATIONS)}")
     if str(OmegaConf.select(cfg, "logger._target_", default="")).endswith("WandbLogger"):
         check_wandb(cfg.logger)
     if model not in EXTERNAL and not cfg.get("checkpoint") and not OmegaConf.select(cfg, "model.pretrained"):
@@ -146,7 +152,7 @@ def check_trainer_types(trainer: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={value!r}; accepted: an integer (batches) or a float (a share of them), or null")
 
 
-WANDB_MODES = ("offline", "online", "disabled")
+WANDB_MODES = ("offline", "online", "disabled", "shared")  # wandb.init's `mode`
 
 
 def check_wandb(logger: DictConfig) -> None:
@@ -154,8 +160,8 @@ def check_wandb(logger: DictConfig) -> None:
     mode = logger.get("mode")
     if mode is not None and mode not in WANDB_MODES:
         raise ConfigError(f"logger.mode={mode!r} is unknown; accepted: {', '.join(WANDB_MODES)}")
-    timeout = logger.get("server_timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+    timeout = logger.get("server_timeout", 3)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise ConfigError(f"logger.server_timeout={timeout!r}; accepted: a positive number of seconds")
 
 
@@ -220,20 +226,15 @@ def split_command_line(argv: list[str]) -> tuple[dict[str, str | None], list[str
     """Hydra's flags (with their values) and the overrides of a command line, as Hydra's parser reads them."""
     flags: dict[str, str | None] = {}
     overrides: list[str] = []
-    words = iter(argv)
-    for word in words:
+    i = 0
+    while i < len(argv):
+        word, i = argv[i], i + 1
         if not word.startswith("-"):
             overrides.append(word)
             continue
         name, eq, value = word.partition("=")
-        if not eq and name in _FLAGS_WITH_VALUE:
-            value = next(words, None)
-        elif not eq and name in ("--info", "-i"):
-            nxt = next(words, None)
-            if nxt in _INFO_TOPICS:
-                value = nxt
-            elif nxt is not None:
-                overrides.append(nxt)
+        if not eq and i < len(argv) and (name in _FLAGS_WITH_VALUE or (name in ("--info", "-i") and argv[i] in _INFO_TOPICS)):
+            value, i = argv[i], i + 1
         flags[name] = value or None
     return flags, overrides
 
@@ -283,6 +284,8 @@ def check_composition(config_name: str, argv: list[str]) -> None:
             refuse(exc)
         except Exception as exc:  # noqa: BLE001 - composition raises Hydra's and OmegaConf's errors
             key = _full_key(exc)
+            if "does not support deletion" in one_line(exc):
+                refuse(f"~{key}: a key of a schema's block cannot be deleted; accepted: {key}=null")
             moved = moved_key_error(key.split(".", 1)[1], None) if key.startswith("search.") and key.count(".") == 1 else None
             refuse(moved or one_line(exc))
 

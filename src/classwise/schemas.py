@@ -147,7 +147,7 @@ def check_targets(cfg: DictConfig, path: str = "") -> None:
 
 
 def _check_schema_keys(node: DictConfig, path: str) -> None:
-    """A block with a dataclass schema (search, dataset, data, setting, module, paths) holds only the schema's keys.
+    """A block with a dataclass schema (search, dataset, data, setting, module, paths, bench) holds only the schema's keys.
 
     Hydra's `+key=value` adds a key even to a structured config: `+search.foo=1` would pass silently.
     """
@@ -166,7 +166,7 @@ def _check_model(cfg: DictConfig) -> None:
     model = cfg.get("model") if isinstance(cfg, DictConfig) else None
     if not isinstance(model, DictConfig):
         return
-    from classwise.models.factory import MODELS
+    from classwise.models.shipped import MODELS
 
     name = model.get("name")
     if name in ("timm", "torchscript"):
@@ -189,6 +189,10 @@ def _check_block(block: DictConfig, path: str, target: Any, skip: tuple[str, ...
             # Checked where it is written (`T_max: ${trainer.max_epochs}` as trainer.max_epochs), and
             # `${hydra:runtime.output_dir}` raises outside a run or reads None where an earlier Hydra run in
             # this process left its state: the run itself fills it in. The name is still this target's.
+            sig.check(path, str(key), name_only=True)
+            continue
+        if OmegaConf.is_missing(block, key):
+            # `???`: no value to type yet; the build says it is missing
             sig.check(path, str(key), name_only=True)
             continue
         value = block[key]
@@ -263,15 +267,27 @@ class PathsConfig:
     output_dir: str = MISSING  # Hydra's run folder
 
 
+@dataclasses.dataclass
+class BenchConfig:
+    """`bench=population` (classwise-search): which trained population member the detectors run on, and the
+    name of the folder their results go to."""
+
+    population: str = "dev"
+    member: int = 0
+    name: str = "default"
+
+
 def register_schemas() -> None:
     """The schemas in Hydra's ConfigStore that configs start from (their defaults lists): `setting/schema`
-    (each conf/setting option), `paths/schema` (conf/paths) and `module_schema` (the `module:` block)."""
+    (each conf/setting option), `paths/schema` (conf/paths), `module_schema` (the `module:` block) and
+    `bench_schema` (conf/bench's `bench:` block)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(group="setting", name="schema", node=SettingConfig)
     store.store(group="paths", name="schema", node=PathsConfig)
     store.store(name="module_schema", node={"module": ModuleConfig})
+    store.store(name="bench_schema", node={"bench": BenchConfig})
 
 
 def _check_run_keys(cfg: DictConfig) -> None:

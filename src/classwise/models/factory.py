@@ -9,6 +9,7 @@ from torch import nn
 
 from classwise.errors import ConfigError
 from classwise.models.normalize import NormalizedClassifier
+from classwise.models.shipped import MODELS
 
 
 def torchvision_classifier(
@@ -73,18 +74,6 @@ def _replace_stem(net: nn.Module, in_channels: int) -> None:
                 return
 
 
-# The shipped architectures: each conf/model option's `_target_`, and the architecture of a config that
-# names no `_target_` (checkpoints written before models had one, `build_model("small_cnn", ...)`).
-MODELS: dict[str, str] = {
-    "small_cnn": "classwise.models.small_cnn.SmallCNN",
-    "resnet18": "classwise.models.resnet.ResNet18",
-    "preact_resnet18": "classwise.models.resnet.PreActResNet18",
-    "vgg16_bn": "classwise.models.vgg.VGG16BN",
-    "resnet50": "classwise.models.factory.resnet50",
-    "torchvision": "classwise.models.factory.torchvision_classifier",
-}
-
-
 def architecture(name: str, target: str | None = None) -> Callable[..., nn.Module]:
     """The class (or function) that builds model `name`: its `_target_`, else the shipped one of that name.
 
@@ -106,8 +95,8 @@ def architecture(name: str, target: str | None = None) -> Callable[..., nn.Modul
     try:
         return locate(path)
     except Exception as exc:  # noqa: BLE001 - not importable: the user's package or a typo
-        raise ConfigError(f"model._target_={path} cannot be imported ({type(exc).__name__}); accepted: an importable "
-                          "nn.Module class taking in_channels and num_classes (its package on PYTHONPATH)") from None
+        raise ConfigError(f"model._target_={path} cannot be imported ({type(exc).__name__}: {exc}); accepted: an "
+                          "importable nn.Module class taking in_channels and num_classes (its package on PYTHONPATH)") from None
 
 
 def architecture_of(model_cfg: dict) -> str | None:

@@ -257,7 +257,7 @@ def baseline_named(name: str) -> Baseline:
 
 
 def check_baselines(names) -> list[str]:
-    names = list(names or [])
+    names = list(dict.fromkeys(names or []))  # each once, in the order given
     for n in names:
         baseline_named(n)
     return names

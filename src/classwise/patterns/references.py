@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from classwise.errors import ConfigError
-from classwise.models.factory import MODELS
+from classwise.models.shipped import MODELS
 
 REFERENCE_DIR = Path(__file__).parent / "references"
 # The detector settings a reference was measured with: another value measures another statistic.
