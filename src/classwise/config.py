@@ -160,8 +160,8 @@ def check_wandb(logger: DictConfig) -> None:
     mode = logger.get("mode")
     if mode is not None and mode not in WANDB_MODES:
         raise ConfigError(f"logger.mode={mode!r} is unknown; accepted: {', '.join(WANDB_MODES)}")
-    timeout = logger.get("server_timeout", 3)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    timeout = logger.get("server_timeout")
+    if "server_timeout" in logger and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
         raise ConfigError(f"logger.server_timeout={timeout!r}; accepted: a positive number of seconds")
 
 
@@ -198,8 +198,7 @@ def check_group_choices(argv: list[str]) -> None:
                 import_extra(module, f"hydra/launcher={value}", package, "launchers")
             except ConfigError as exc:
                 refuse(exc)
-    if any(f in flags for f in ("--config-dir", "-cd", "--config-path", "-cp")) or any(
-            a.startswith("hydra.searchpath") for a in overrides):
+    if any(f in flags for f in OWN_CONFIG_FLAGS) or any(a.startswith("hydra.searchpath") for a in overrides):
         return
     root = Path(conf_dir())
     for arg in overrides:
@@ -219,6 +218,7 @@ def check_group_choices(argv: list[str]) -> None:
 # Hydra's command-line flags that take a value as the next word (`--cfg job`, `-cn search`).
 _FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                      "--config-dir", "-cd", "--experimental-rerun")
+OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp")  # configs of a folder these checks cannot see
 _INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
@@ -248,7 +248,7 @@ def check_composition(config_name: str, argv: list[str]) -> None:
     values (at most 8 of them), the others at their first value.
     """
     flags, overrides = split_command_line(argv)
-    if any(f in flags for f in ("--config-dir", "-cd", "--config-path", "-cp")):
+    if any(f in flags for f in OWN_CONFIG_FLAGS):
         return  # configs of the user's own folder: Hydra composes and reports
     config_name = flags.get("--config-name") or flags.get("-cn") or config_name
     from hydra import compose, initialize_config_dir

@@ -14,11 +14,10 @@ MODELS: dict[str, str] = {
 }
 
 
-def with_model_target(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config with its model's `_target_` spelled out: configs written before model options named one
-    (results.json, checkpoints) built the shipped architecture of their `model.name`, the same run as now."""
-    model = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model, dict) or "_target_" in model or model.get("name") not in MODELS:
-        return config
-    return {**config, "model": {"name": model["name"], "_target_": MODELS[model["name"]],
-                                **{k: v for k, v in model.items() if k != "name"}}}
+def without_shipped_target(model: Any) -> Any:
+    """A model config without the `_target_` its name already implies. Configs written before model options
+    named one (results.json, checkpoints, references) built the shipped architecture of their `model.name`:
+    both spellings are the same model."""
+    if isinstance(model, dict) and "_target_" in model and model["_target_"] == MODELS.get(model.get("name")):
+        return {k: v for k, v in model.items() if k != "_target_"}
+    return model

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from classwise.errors import ConfigError
-from classwise.models.shipped import MODELS
+from classwise.models.shipped import without_shipped_target
 
 REFERENCE_DIR = Path(__file__).parent / "references"
 # The detector settings a reference was measured with: another value measures another statistic.
@@ -41,9 +41,7 @@ def training_recipe(config: dict[str, Any] | None) -> dict[str, Any] | None:
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if key == "model" and isinstance(value, dict):
-            # the shipped architecture of that name is the same model whether its config names it or not
-            shipped_target = MODELS.get(value.get("name"))
-            value = {k: v for k, v in value.items() if k != "input" and not (k == "_target_" and v == shipped_target)}
+            value = {k: v for k, v in without_shipped_target(value).items() if k != "input"}
         if key in RECIPE_DEFAULTS and (value is None or value == RECIPE_DEFAULTS[key]):
             value = None
         out[key] = value

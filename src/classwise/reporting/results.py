@@ -91,9 +91,10 @@ def first_difference(recorded: dict[str, Any], requested: dict[str, Any],
 
     A key whose first part or last part is in `ignore` is left out (`paths`, or `seed` at any depth).
     """
-    from classwise.models.shipped import with_model_target
+    from classwise.models.shipped import without_shipped_target
 
-    have, want = flat_config(with_model_target(recorded)), flat_config(with_model_target(requested))
+    have, want = (flat_config({**c, "model": without_shipped_target(c["model"])} if "model" in c else c)
+                  for c in (recorded, requested))
     for key in [*want, *(k for k in have if k not in want)]:
         parts = key.split(".")
         if parts[0] in ignore or parts[-1] in ignore:
