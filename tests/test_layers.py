@@ -40,3 +40,38 @@ def test_locate_finds_classes_functions_and_attributes_and_says_what_is_missing(
         locate("classwise.models.small_cnn.NoSuchNet")
     with pytest.raises(ImportError):
         locate("classwise..models")
+
+
+def _classwise_imports(package: str) -> list[tuple[str, str]]:
+    """(file:line, the classwise module it imports) for every import of a classwise module in `package`."""
+    found = []
+    for path in sorted((SRC / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module == "classwise":  # from classwise import intervals
+                names = [f"classwise.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [(f"{path.relative_to(SRC)}:{node.lineno}", n) for n in names if n.split(".")[0] == "classwise"]
+    return found
+
+
+# Settings travel downwards only: the entry points (train, search, config, ...) build the callback, the callback
+# the pipeline's job, the pipeline calls the method. Each layer may import what is below it, never above.
+BELOW = {
+    "patterns": ("patterns", "attacks", "models.shipped", "errors", "intervals", "locate", "progress", "timing"),
+    "attacks": ("attacks", "errors", "progress"),
+    "pipeline": ("pipeline", "patterns", "attacks", "data", "models", "reporting", "errors", "intervals", "progress",
+                 "timing", "ranks", "locate", "checkpoints"),
+    "callbacks": ("callbacks", "pipeline", "patterns", "data", "models", "reporting", "errors", "progress", "timing",
+                  "ranks", "locate", "checkpoints"),
+}
+
+
+@pytest.mark.parametrize("package", sorted(BELOW))
+def test_each_layer_imports_only_the_layers_below_it(package):
+    allowed = tuple(f"classwise.{name}" for name in BELOW[package])
+    above = [f"{where} {name}" for where, name in _classwise_imports(package)
+             if not any(name == a or name.startswith(f"{a}.") for a in allowed)]
+    assert not above
