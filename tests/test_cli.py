@@ -148,6 +148,42 @@ def test_bad_train_input_fails_fast_with_one_line(refused, overrides, needle):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("command,overrides,needle", [
+    # a misspelt key: Hydra's message, then the key meant and what the block accepts
+    ("train", ("search.stepz=3",), "Key 'stepz' not in 'SearchSettings' (search.stepz); did you mean search.steps? accepted: "),
+    ("train", ("model.widht=3",), "did you mean model.width? accepted: name, width"),
+    ("train", ("trainer.strategy=ddp",), "trainer.strategy is not set in this config, and Hydra changes only a key that is; "
+                                         "accepted: +trainer.strategy=ddp"),
+    ("train", ("+seedz=1",), "+seedz=1 adds seedz, which classwise-train's config does not have; did you mean seed?"),
+    ("search", ("+bench.member=3",), "adds bench, which classwise-search's config does not have; "),
+    ("search", ("setting=backdoor",), "setting= is not a group of classwise-search's config; accepted: "),
+    ("train", ("setting.population.member=3",), "setting.population is null in this config, so it has no member; "
+                                                "accepted: the option of setting that fills it"),
+    ("train", ("~search.classes",), "~search.classes: search.classes is null already; accepted: leave it out, or search.classes=null"),
+    # Hydra's own groups and keys
+    ("train", ("hydra/launcher=nosuch",), "Could not find 'hydra/launcher/nosuch'; accepted: basic, joblib"),
+    ("train", ("hydra.job.chdir=maybe",), "Value 'maybe' is not a valid bool (type str) (hydra.job.chdir)"),
+    # values only a build or Lightning's registries refuse, at composition
+    ("train", ("setting=adversarial", "setting.adversary.method=bogus"), "setting.adversary.method='bogus' is unknown"),
+    ("train", ("setting=backdoor", "+setting.adversary.eps=0.1"), "setting.adversary has nothing to build (no _target_) "
+                                                                  "under setting=backdoor; accepted: setting=adversarial"),
+    ("train", ("trainer.precision=17",), "trainer.precision=17 is unknown; accepted: 64, 32, 16,"),
+    ("train", ("trainer.accelerator=gpus",), "trainer.accelerator='gpus' is unknown; accepted: auto, gpu, "),
+    ("train", ("trainer.devices=[a]",), "trainer.devices=['a']; accepted: a count, auto"),
+    ("search", ("trainer.accelerator=gpus",), "trainer.accelerator='gpus' is unknown"),
+    ("train", ("detector.patterns.calibration=abc",), "detector.patterns.calibration='abc'; accepted: [a, b], two numbers"),
+    # every value of a sweep, before its first job: past the eighth, and values only `validate` refuses
+    ("train", ("-m", "seed=0,1,2,3,4,5,6,7,8,abc"), "seed='abc'; accepted: an integer"),
+    ("train", ("-m", "search.canvas.strategy=most_confident,bogus"), "search.canvas.strategy='bogus' is unknown"),
+    ("train", ("-m", "model=small_cnn,resnet18", "model.width=4,x"), "model.width"),
+])
+def test_a_bad_command_line_is_one_line_before_hydra_starts_a_job(refused, command, overrides, needle):
+    proc = refused(command, *FAST, *overrides)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (proc.stdout or "").strip()  # nothing ran: no job, no Lightning banner
+
+
 @pytest.mark.parametrize("overrides,needle", [
     # WandbLogger passes unknown keywords on to wandb.init: a key is checked against both
     (("+logger.projet=x",), "logger.projet is not an argument of lightning.pytorch.loggers.WandbLogger; did you mean "

@@ -144,7 +144,7 @@ def test_an_unknown_detector_key_fails_before_compute():
     ("reproducible=maybe", r"^reproducible='maybe'; accepted: true or false$"),
     # a value of the right type that the target refuses: the build's own error, still before compute
     ("model.width=-4", r"^model=small_cnn cannot be built from model.width=-4"),
-    ("trigger.position=middle", r"^setting.poisoner \(trigger=classwise.data.triggers.BadNets\): .*position"),
+    ("trigger.position=middle", r"^trigger.position='middle' is unknown; accepted: bottom_right, "),
 ])
 def test_a_wrong_key_or_type_in_any_group_is_one_line_before_any_compute(override, message):
     """Every block that builds an object is checked against its target's signature (classwise.schemas), a

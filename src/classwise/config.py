@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import sys
@@ -9,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from classwise.data.schema import register_schemas as register_data_schemas
@@ -107,21 +108,28 @@ def validate(cfg: DictConfig) -> None:
             given = ", ".join(f"model.{k}={v!r}" for k, v in cfg.model.items() if k not in ("name", "_target_", "input"))
             raise ConfigError(f"model={model} cannot be built from {given or 'its config'}: {type(exc).__name__}: "
                               f"{' '.join(str(exc).split())}") from None
-    if OmegaConf.select(cfg, "setting.poisoner._target_"):
-        # Cheap to build (a trigger's few tensors): a wrong value in `trigger` or `setting` fails here in
-        # one line, not in Hydra's traceback once the data is loaded.
+    for part in ("poisoner", "adversary"):
+        block = OmegaConf.select(cfg, f"setting.{part}")
+        if block is None:
+            continue
+        if not isinstance(block, DictConfig) or "_target_" not in block:
+            raise ConfigError(f"setting.{part} has nothing to build (no _target_) under setting={OmegaConf.select(cfg, 'setting.name')}; "
+                              f"accepted: setting={' or setting='.join(_setting_options(part))} (which build one), or setting.{part}=null")
+        # Cheap to build (a trigger's few tensors, an attack's settings): a wrong value in `trigger` or
+        # `setting` fails here in one line, not in Hydra's traceback once the data is loaded.
         from hydra.utils import instantiate
 
         try:
-            instantiate(cfg.setting.poisoner)
-        except ConfigError:
-            raise
+            instantiate(block)
         except Exception as exc:  # noqa: BLE001 - any failure to build it is the config's
-            raise ConfigError(f"setting.poisoner (trigger={OmegaConf.select(cfg, 'setting.poisoner.trigger._target_') or '-'}): "
-                              f"{one_line(exc)}") from None
+            cause = _config_error_in(exc)
+            if cause is not None:
+                raise cause from None
+            trigger = OmegaConf.select(cfg, f"setting.{part}.trigger._target_")
+            raise ConfigError(f"setting.{part}{f' (trigger={trigger})' if trigger else ''}: {one_line(exc)}") from None
     setting = OmegaConf.select(cfg, "setting.name")
     if "setting" in cfg and setting is None:
-        raise ConfigError("setting.name is missing; accepted: natural, backdoor, adversarial")
+        raise ConfigError(f"setting.name is missing; accepted: {', '.join(_setting_options())}")
     if "detector" in cfg:
         # Detectors run after training and the search: a bad key or a threat model the data breaks
         # must not cost those minutes.
@@ -138,6 +146,12 @@ def validate(cfg: DictConfig) -> None:
         check_threat_model_data(detectors, threat_model, source, poisoned)
 
 
+def _setting_options(part: str | None = None) -> list[str]:
+    """The options of conf/setting (those whose `part` block builds something, where given)."""
+    folder = Path(conf_dir()) / "setting"
+    return sorted(p.stem for p in folder.glob("*.yaml") if part is None or f"{part}:\n" in p.read_text())
+
+
 # Lightning Trainer keys typed `int | float` (an int counts batches, a float a share of them): their
 # signature's union is no type OmegaConf can check (classwise.schemas), so they are checked here.
 TRAINER_NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
@@ -145,7 +159,31 @@ TRAINER_NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batch
 
 
 def check_trainer_types(trainer: DictConfig) -> None:
-    """`+trainer.limit_train_batches=abc` refused in one line (Lightning would fail with a traceback after setup)."""
+    """`+trainer.limit_train_batches=abc`, `trainer.precision=17`, `trainer.accelerator=tpu2` refused in one line
+    (Lightning would fail with a multi-line error once the job runs, or a traceback after setup)."""
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    def flat(kind: Any) -> list[Any]:
+        args = typing.get_args(kind)
+        return [v for a in args for v in flat(a)] if args else [kind]
+
+    choices = {"accelerator": ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())],
+               "strategy": ["auto", *StrategyRegistry.available_strategies()],
+               "precision": [str(v) for v in flat(_PRECISION_INPUT)]}
+    for key, accepted in choices.items():
+        value = trainer.get(key)
+        if value is not None and isinstance(value, str | int) and str(value) not in accepted:
+            raise ConfigError(f"trainer.{key}={value!r} is unknown; accepted: {', '.join(dict.fromkeys(accepted))}")
+    devices = trainer.get("devices")
+    ok = (isinstance(devices, int) and not isinstance(devices, bool)) or (
+        isinstance(devices, str) and (devices == "auto" or all(p.strip().lstrip("-").isdigit() for p in devices.split(",") if p.strip()))) or (
+        isinstance(devices, ListConfig | list) and all(isinstance(d, int) and not isinstance(d, bool) for d in devices))
+    if devices is not None and not ok:
+        raise ConfigError(f"trainer.devices={devices!r}; accepted: a count, auto, -1 (all), or a list of device indices")
     for key in TRAINER_NUMBERS:
         value = OmegaConf.select(trainer, key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -240,30 +278,30 @@ def split_command_line(argv: list[str]) -> tuple[dict[str, str | None], list[str
 
 
 def check_composition(config_name: str, argv: list[str]) -> None:
-    """Compose the config as Hydra will and refuse, in one line, an override or schema it breaks.
+    """Compose the config as Hydra will and refuse, in one line, an override, schema or value it breaks.
 
-    A wrong key or type (`search.foo=1`, `search.steps=abc`, an experiment's YAML against the
-    `search` schema) fails when Hydra composes, with a message of several lines and exit 1; this
-    composes first and says it in one line (exit 2). A sweep (`a=1,2`) is composed with each of its
-    values (at most 8 of them), the others at their first value.
+    A wrong key or type (`search.foo=1`, `search.steps=abc`, `hydra.job.chdir=maybe`, an experiment's YAML
+    against the `search` schema) fails when Hydra composes, with a message of several lines and exit 1; a
+    wrong value (`search.canvas.strategy=best`) only inside the job, after Hydra started it. This composes
+    first, runs `validate` on the result and says what is wrong in one line (exit 2). A sweep is checked
+    with each of its values: an option of a group (`model=a,b`) composed again, a value (`seed=0,1,abc`,
+    `range(0,72)`) set on the composed config and validated; the other keys at their first value.
     """
     flags, overrides = split_command_line(argv)
     if any(f in flags for f in OWN_CONFIG_FLAGS):
         return  # configs of the user's own folder: Hydra composes and reports
     config_name = flags.get("--config-name") or flags.get("-cn") or config_name
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if GlobalHydra.instance().is_initialized():
         return  # inside a Hydra app (tests composing in-process): Hydra composes and reports
-    args = [a for a in overrides if a.startswith("hydra.searchpath") or not a.lstrip("+~").startswith("hydra")]
     try:
-        parsed = OverridesParser.create().parse_overrides(args)
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:  # noqa: BLE001 - Hydra's parser errors are of several types
         refuse(one_line(exc))
     firsts, variants = [], []
-    for arg, override in zip(args, parsed, strict=True):
+    for arg, override in zip(overrides, parsed, strict=True):
         if not override.is_sweep_override():
             firsts.append(arg)
             continue
@@ -274,20 +312,155 @@ def check_composition(config_name: str, argv: list[str]) -> None:
         key = arg.partition("=")[0]
         firsts.append(f"{key}={values[0]}")
         variants += [(len(firsts) - 1, f"{key}={v}") for v in values[1:]]
-    trials = [firsts] + [[*firsts[:i], v, *firsts[i + 1:]] for i, v in variants[:8]]
-    for overrides in trials:
-        try:
-            with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-                cfg = compose(config_name, overrides=overrides)
-            check_targets(cfg)
-        except ConfigError as exc:
-            refuse(exc)
-        except Exception as exc:  # noqa: BLE001 - composition raises Hydra's and OmegaConf's errors
-            key = _full_key(exc)
-            if "does not support deletion" in one_line(exc):
-                refuse(f"~{key}: a key of a schema's block cannot be deleted; accepted: {key}=null")
-            moved = moved_key_error(key.split(".", 1)[1], None) if key.startswith("search.") and key.count(".") == 1 else None
-            refuse(moved or one_line(exc))
+    base = _checked(config_name, firsts)
+    for i, variant in variants:
+        if _is_group(variant):
+            _checked(config_name, [*firsts[:i], variant, *firsts[i + 1:]])
+        else:
+            _checked_value(base, variant)
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def _is_group(override: str) -> bool:
+    """`model=resnet18`, `hydra/launcher=joblib`, `+experiment=x`: an option of a config group, not a value."""
+    key = override.lstrip("+~").partition("=")[0].split("@")[0]
+    return "/" in key or ("." not in key and (key == "hydra" or (Path(conf_dir()) / key).is_dir()))
+
+
+def _checked(config_name: str, overrides: list[str]) -> DictConfig:
+    """The composed config of `overrides`, its added keys and its values checked; refused in one line if not."""
+    try:
+        cfg = _compose(config_name, overrides)
+    except Exception as exc:  # noqa: BLE001 - composition raises Hydra's and OmegaConf's errors
+        refuse(_composition_error(exc, config_name, overrides))
+    _check_added_keys(cfg, config_name, overrides)
+    _validated(cfg)
+    return cfg
+
+
+def _checked_value(base: DictConfig, override: str) -> None:
+    """One value of a sweep, set on the config composed with the first (as Hydra sets it) and validated."""
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict
+
+    parsed = OverridesParser.create().parse_overrides([override])[0]
+    cfg = copy.deepcopy(base)
+    try:
+        if parsed.is_add() or parsed.is_force_add():
+            with open_dict(cfg):
+                OmegaConf.update(cfg, parsed.key_or_group, parsed.value(), merge=True)
+        else:
+            OmegaConf.update(cfg, parsed.key_or_group, parsed.value(), merge=True)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's validation errors are of several types
+        refuse(f"Error merging override {override}: {one_line(exc)}")
+    _validated(cfg)
+
+
+def _validated(cfg: DictConfig) -> None:
+    try:
+        validate(cfg)
+    except MissingInput:
+        pass  # one job's input (a checkpoint): that job records it and a sweep's others run
+    except ConfigError as exc:
+        refuse(exc)
+    except Exception:  # noqa: BLE001 - what cannot be checked outside the job is checked, and reported, in it
+        pass
+
+
+def _check_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -> None:
+    """`+foo=1` adds a top-level key Hydra accepts and nothing reads: refused, as a typo would be."""
+    added = [o for o in overrides if o.startswith("+") and not _is_group(o)]
+    tops = {o.lstrip("+").partition("=")[0].split(".")[0]: o for o in added}
+    if not tops:
+        return
+    plain_cfg = _compose(config_name, [o for o in overrides if o not in added])
+    for top, override in tops.items():
+        if top in plain_cfg:
+            continue
+        names = sorted(k for k in plain_cfg.keys() if k != "hydra")
+        group = Path(conf_dir()) / top
+        options = sorted(p.stem for p in group.glob("*.yaml")) if group.is_dir() else []
+        first = f"; or {top}=<option> first ({', '.join(options)})" if options else ""
+        close = difflib.get_close_matches(top, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        refuse(f"{override} adds {top}, which classwise-{config_name}'s config does not have; {hint}accepted: "
+               f"{', '.join(names)}{first}")
+
+
+def _composition_error(exc: BaseException, config_name: str, overrides: list[str]) -> str:
+    """Hydra's composition error in one line, with what is accepted where Hydra's message does not say it."""
+    import re
+
+    text, key = one_line(exc), _full_key(exc)
+    if "does not support deletion" in text:
+        return f"~{key}: a key of a schema's block cannot be deleted; accepted: {key}=null"
+    moved = moved_key_error(key.split(".", 1)[1], None) if key.startswith("search.") and key.count(".") == 1 else None
+    if moved:
+        return str(moved)
+    options = getattr(exc, "options", None)  # MissingConfigException: the options its group has
+    if options:
+        return f"{text}; accepted: {', '.join(sorted(options))}"
+    deleted = re.search(r"Could not delete from config. '([^']+)' does not exist", text)
+    group = re.search(r"Could not override '([^']+)'\. No match in the defaults list", text)
+    if not key and (deleted or group):
+        key = (deleted or group).group(1)
+    if not key:  # an error that names no key (`Unexpected type for root: NoneType`): find the override behind it
+        for override in overrides:
+            try:
+                plain_cfg = _compose(config_name, [o for o in overrides if o != override])
+            except Exception:  # noqa: BLE001 - not this one
+                continue
+            path = override.lstrip("+~").partition("=")[0]
+            parent = path.rpartition(".")[0]
+            if parent and OmegaConf.select(plain_cfg, parent) is None and "/" not in path:
+                top = path.split(".")[0]
+                folder = Path(conf_dir()) / top
+                options = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+                fills = f"; accepted: the option of {top} that fills it ({', '.join(options)})" if options else ""
+                return f"{override}: {parent} is null in this config, so it has no {path.rpartition('.')[2]}{fills}"
+            return f"{override}: {text}"
+        return text
+    others = [o for o in overrides if o.lstrip("+~").partition("=")[0] != key]
+    try:
+        plain_cfg = _compose(config_name, others)
+    except Exception:  # noqa: BLE001 - another override fails too: Hydra's message as it is
+        return text
+    if deleted:
+        path = deleted.group(1)
+        parent, _, leaf = path.rpartition(".")
+        node = OmegaConf.select(plain_cfg, parent) if parent else plain_cfg
+        if isinstance(node, DictConfig) and leaf in node:  # there, at null: Hydra deletes only a key with a value
+            return f"~{path}: {path} is null already; accepted: leave it out, or {path}=null"
+        return text
+    if group:
+        groups = sorted(k for k in plain_cfg.hydra.runtime.choices.keys() if not k.startswith("hydra"))
+        return f"{group.group(1)}= is not a group of classwise-{config_name}'s config; accepted: {', '.join(groups)}"
+    if key and ("is not in struct" in text or re.search(r"Key '[^']+' not in '", text)):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(plain_cfg, parent) if parent else plain_cfg
+        if isinstance(node, DictConfig):
+            names = [str(k) for k in node.keys() if k not in ("hydra", "_target_")]
+            if "_target_" in node:
+                from classwise.schemas import signature
+
+                sig = signature(str(OmegaConf.select(node, "_target_")))
+                names += [n for n in (sig.names if sig else ()) if n not in names]
+            if leaf in names:  # an argument of the target that this block does not set: Hydra adds it with +
+                value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").partition("=")[0] == key), "...")
+                return f"{key} is not set in this config, and Hydra changes only a key that is; accepted: +{key}={value}"
+            close = difflib.get_close_matches(leaf, names, n=1)
+            hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+            return f"{text}; {hint}accepted: {', '.join(names) or 'no key here'}"
+        return text
+    return text
 
 
 def _full_key(exc: BaseException | None) -> str:

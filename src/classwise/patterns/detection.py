@@ -18,10 +18,15 @@ EMPTY_MASK_L1 = 1e-6
 PRIMARY = "log_mask_l1"
 
 
+def median_and_mad(values: Sequence[float]) -> tuple[float, float]:
+    """The median of `values` and their MAD scaled to a normal's standard deviation (x 1.4826)."""
+    med = median(values)
+    return med, MAD_CONSISTENCY * median([abs(v - med) for v in values])
+
+
 def anomaly_indices(values: Sequence[float]) -> list[float]:
     """|v - median| / (1.4826 * MAD) per value; 0 everywhere when the MAD is 0 and all agree."""
-    med = median(values)
-    mad = MAD_CONSISTENCY * median([abs(v - med) for v in values])
+    med, mad = median_and_mad(values)
     if mad == 0:
         return [0.0 if v == med else math.inf for v in values]
     return [abs(v - med) / mad for v in values]
@@ -70,8 +75,7 @@ def detect(
     med = None
     score = 0.0
     if len(in_stat) >= MIN_SCORED:
-        med = median(in_stat)
-        mad = MAD_CONSISTENCY * median([abs(v - med) for v in in_stat])
+        med, mad = median_and_mad(in_stat)
         sign = 1.0 if suspicious == "small" else -1.0
         signed = [sign * (med - float(v)) / mad if mad > 0 else (0.0 if v == med else sign * math.copysign(math.inf, med - v))
                   for v in values]

@@ -88,6 +88,20 @@ def logistic(score: float | None, calibration: Sequence[float] | None) -> float 
     return 1 / (1 + math.exp(-z))
 
 
+def calibration_of(detector: str, calibration: Sequence[float] | None) -> list[float] | None:
+    """A detector's `calibration` as [a, b], or None; anything else refused in one line (not after the search)."""
+    if calibration is None:
+        return None
+    try:
+        values = [float(v) for v in calibration if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        values = []
+    if isinstance(calibration, str) or len(values) != 2 or len(list(calibration)) != 2:
+        raise ConfigError(f"detector.{detector}.calibration={calibration!r}; accepted: [a, b], two numbers "
+                          "(P(backdoored) = sigmoid(a * score + b)), or null")
+    return values
+
+
 class Detector:
     """Base of the family: override `decide`, and `measure` / `join` where the model is probed per class."""
 
@@ -165,7 +179,7 @@ class UniversalPatchDetector(Detector):
         self.patch = PatchConfig(steps=steps, finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, alpha=alpha)
         self.ratios, self.eval_images, self.statistic = sorted(ratios), int(eval_images), statistic
         self.threshold = None if threshold is None else float(threshold)
-        self.calibration = list(calibration) if calibration else None
+        self.calibration = calibration_of(self.name, calibration)
 
     def reference_for(self, data: DetectionData) -> tuple[tuple[str, dict[str, Any]] | None, str | None]:
         """((name, reference) or None, why none applies): the reference this run is standardised against.
@@ -336,7 +350,7 @@ class PatternDetector(Detector):
         if not 0 <= self.asr_gate <= 1:
             raise ConfigError(f"detector.patterns.asr_gate={asr_gate}; accepted: a number in [0, 1]")
         self.gate_ratio, self.threshold = gate_ratio, float(threshold)
-        self.calibration = list(calibration) if calibration else None
+        self.calibration = calibration_of(self.name, calibration)
 
     def decide(self, measured, records, data) -> dict[str, Any]:
         from classwise.patterns.detection import pattern_detection
@@ -394,7 +408,7 @@ class NeuralCleanseDetector(Detector):
                               f"{', '.join(sorted(accepted | {'threshold', 'calibration'}))}")
         self.settings = settings
         self.cfg = NeuralCleanseConfig(**settings)
-        self.threshold, self.calibration = float(threshold), list(calibration) if calibration else None
+        self.threshold, self.calibration = float(threshold), calibration_of(self.name, calibration)
 
     def config(self, seed: int):
         from dataclasses import replace

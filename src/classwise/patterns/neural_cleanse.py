@@ -52,19 +52,6 @@ class NeuralCleanseConfig:
                 raise ConfigError(f"detector.{key}={getattr(self, key)} must be positive")
 
 
-def nc_config(detector: dict[str, Any], seed: int) -> NeuralCleanseConfig:
-    """The config from the `detector` group (its `name` key dropped) and the run's seed; an unknown key is a ConfigError."""
-    from dataclasses import fields
-
-    from classwise.errors import ConfigError
-
-    accepted = {f.name for f in fields(NeuralCleanseConfig)} - {"seed"}
-    unknown = sorted(set(detector) - accepted - {"name"})
-    if unknown:
-        raise ConfigError(f"detector.{unknown[0]} is not a Neural Cleanse setting; accepted: {', '.join(sorted(accepted))}")
-    return NeuralCleanseConfig(**{k: v for k, v in detector.items() if k != "name"}, seed=seed)
-
-
 def _tanh_space(x: torch.Tensor) -> torch.Tensor:
     """The logits a with (tanh(a) + 1) / 2 = x, x in [0, 1] kept off the ends (the reference's epsilon)."""
     return torch.atanh((x - 0.5) * (2 - 1e-7))
