@@ -172,6 +172,10 @@ def test_bad_train_input_fails_fast_with_one_line(refused, overrides, needle):
     ("train", ("trainer.devices=[a]",), "trainer.devices=['a']; accepted: a count, auto"),
     ("search", ("trainer.accelerator=gpus",), "trainer.accelerator='gpus' is unknown"),
     ("train", ("detector.patterns.calibration=abc",), "detector.patterns.calibration='abc'; accepted: [a, b], two numbers"),
+    ("train", ("trainer.max_epochs=${oops}",), "trainer.max_epochs='${oops}': Interpolation key 'oops' not found"),
+    ("train", ("module.optimizer._target_=torch.optim.Adamm",), "module.optimizer._target_=torch.optim.Adamm does not exist "
+                                                                "(module 'torch.optim' has no attribute 'Adamm'); did you mean "
+                                                                "module.optimizer._target_=torch.optim.Adam?"),
     # every value of a sweep, before its first job: past the eighth, and values only `validate` refuses
     ("train", ("-m", "seed=0,1,2,3,4,5,6,7,8,abc"), "seed='abc'; accepted: an integer"),
     ("train", ("-m", "search.canvas.strategy=most_confident,bogus"), "search.canvas.strategy='bogus' is unknown"),
@@ -182,6 +186,14 @@ def test_a_bad_command_line_is_one_line_before_hydra_starts_a_job(refused, comma
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (proc.stdout or "").strip()  # nothing ran: no job, no Lightning banner
+
+
+def test_a_printed_config_is_checked_for_keys_and_types_not_for_what_this_machine_has(refused):
+    """`--cfg job` runs nothing: a data folder only the cluster has is no reason to refuse printing the config."""
+    proc = refused("train", "--cfg", "job", *FAST, "dataset=fashion_mnist", "dataset.root=/only/on/the/cluster")
+    assert proc.returncode == 0 and "root: /only/on/the/cluster" in proc.stdout
+    proc = refused("train", "--cfg", "job", *FAST, "dataset=fashion_mnist", "dataset.root=/only/on/the/cluster", "seed=abc")
+    assert proc.returncode == 2 and "seed='abc'" in proc.stderr
 
 
 @pytest.mark.parametrize("overrides,needle", [

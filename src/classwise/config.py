@@ -257,6 +257,7 @@ def check_group_choices(argv: list[str]) -> None:
 _FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                      "--config-dir", "-cd", "--experimental-rerun")
 OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp")  # configs of a folder these checks cannot see
+PRINT_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc")  # print, run nothing
 _INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
 
@@ -312,11 +313,12 @@ def check_composition(config_name: str, argv: list[str]) -> None:
         key = arg.partition("=")[0]
         firsts.append(f"{key}={values[0]}")
         variants += [(len(firsts) - 1, f"{key}={v}") for v in values[1:]]
-    base = _checked(config_name, firsts)
+    values = not any(f in flags for f in PRINT_FLAGS)  # a config printed, not run: its keys and types only
+    base = _checked(config_name, firsts, values)
     for i, variant in variants:
         if _is_group(variant):
-            _checked(config_name, [*firsts[:i], variant, *firsts[i + 1:]])
-        else:
+            _checked(config_name, [*firsts[:i], variant, *firsts[i + 1:]], values)
+        elif values:
             _checked_value(base, variant)
 
 
@@ -333,14 +335,20 @@ def _is_group(override: str) -> bool:
     return "/" in key or ("." not in key and (key == "hydra" or (Path(conf_dir()) / key).is_dir()))
 
 
-def _checked(config_name: str, overrides: list[str]) -> DictConfig:
-    """The composed config of `overrides`, its added keys and its values checked; refused in one line if not."""
+def _checked(config_name: str, overrides: list[str], values: bool = True) -> DictConfig:
+    """The composed config of `overrides`, its added keys and (`values`) its values checked; refused in one line if not."""
     try:
         cfg = _compose(config_name, overrides)
     except Exception as exc:  # noqa: BLE001 - composition raises Hydra's and OmegaConf's errors
         refuse(_composition_error(exc, config_name, overrides))
     _check_added_keys(cfg, config_name, overrides)
-    _validated(cfg)
+    if values:
+        _validated(cfg)
+    else:
+        try:
+            check_targets(cfg)
+        except ConfigError as exc:
+            refuse(exc)
     return cfg
 
 

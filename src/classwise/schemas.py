@@ -129,6 +129,7 @@ def check_targets(cfg: DictConfig, path: str = "") -> None:
     """
     if path == "":
         _check_run_keys(cfg)
+        _check_interpolations(cfg)
         _check_model(cfg)
     for key in cfg.keys() if isinstance(cfg, DictConfig) else range(len(cfg)):
         if isinstance(key, str) and (key == "hydra" or key in HYDRA_KEYS):
@@ -176,11 +177,50 @@ def _check_model(cfg: DictConfig) -> None:
         _check_block(model, "model", target, skip=MODEL_KEYS)
 
 
+def _check_interpolations(cfg: DictConfig) -> None:
+    """`trainer.max_epochs=${epochs}` where the config has no `epochs`, or `${nosuch:x}`: one line now, not
+    Hydra's error when the block is built, naming the key whose own value refers to what is missing (not a key
+    that refers to it in turn). What resolves only inside a run (`${hydra:runtime.output_dir}`) is left to the run."""
+    from omegaconf.errors import InterpolationKeyError, UnsupportedInterpolationType
+
+    failed = []
+
+    def walk(node: DictConfig | ListConfig, path: str) -> None:
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+            if key == "hydra" and not path:
+                continue
+            where = f"{path}.{key}" if path else str(key)
+            if OmegaConf.is_interpolation(node, key):
+                try:
+                    node[key]
+                except (InterpolationKeyError, UnsupportedInterpolationType) as exc:
+                    failed.append((where, str(node._get_node(key)._value()), str(exc).splitlines()[0]))
+                except Exception:  # noqa: BLE001 - resolvable inside the run only (Hydra's resolver)
+                    pass
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig | ListConfig) and not child._is_none():
+                walk(child, where)
+
+    walk(cfg, "")
+    if failed:
+        import re
+
+        def missing(text: str) -> list[str]:  # the key or resolver the message names
+            return [g for groups in re.findall(r"'([^']+)'|type (\S+)", text) for g in groups if g]
+
+        named = [f for f in failed if any(m in f[1] for m in missing(f[2]))]
+        where, raw, text = (named or failed)[0]
+        raise ConfigError(f"{where}={raw!r}: {text}; accepted: an interpolation of a key the config has, or a value")
+
+
 def _check_block(block: DictConfig, path: str, target: Any, skip: tuple[str, ...] = HYDRA_KEYS) -> None:
     if not isinstance(target, str) and not callable(target):
         return
     sig = signature(target, MODEL_PASSED if path == "model" else ())
     if sig is None:
+        if isinstance(target, str) and path != "model":  # the model has its own message (models.factory)
+            _check_importable(target, path)
         return
     for key in block.keys():
         if key in skip or key in HYDRA_KEYS:
@@ -203,6 +243,26 @@ def _check_block(block: DictConfig, path: str, target: Any, skip: tuple[str, ...
         if isinstance(value, DictConfig | ListConfig):
             value = OmegaConf.to_container(value, resolve=False)
         sig.check(path, str(key), value)
+
+
+def _check_importable(target: str, path: str) -> None:
+    """A `_target_` whose package imports but has no such object is a typo (`torch.optim.Adamm`): one line.
+    A package that does not import here (a user's, installed only where the job runs) is left to the build."""
+    from classwise.locate import locate
+
+    try:
+        locate(target)
+    except AttributeError as exc:
+        parent, _, leaf = target.rpartition(".")
+        try:
+            names = [n for n in dir(locate(parent)) if not n.startswith("_")]
+        except Exception:  # noqa: BLE001 - the parent is missing too
+            names = []
+        close = difflib.get_close_matches(leaf, names, n=1)
+        hint = f"; did you mean {path}._target_={parent}.{close[0]}?" if close else ""
+        raise ConfigError(f"{path}._target_={target} does not exist ({exc}){hint}") from None
+    except Exception:  # noqa: BLE001 - not importable here: the build reports it
+        return
 
 
 def _resolved(block: DictConfig, key: str) -> Any:
