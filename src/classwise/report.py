@@ -60,18 +60,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="a detector benchmark's detection_bench.json: claims 3 and 5 also read from its population")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
-        print(f"classwise-report: folder={str(args.folder)!r} is not a folder; accepted: a folder holding "
+        print(f"classwise-report: error: folder={str(args.folder)!r} is not a folder; accepted: a folder holding "
               "results.json files", file=sys.stderr)
         return 2
     if args.population is not None and not args.population.is_file():
-        print(f"classwise-report: --population={args.population} is not a file; accepted: a detector benchmark's "
+        print(f"classwise-report: error: --population={args.population} is not a file; accepted: a detector benchmark's "
               "report/<population>/detection_bench.json (make detect-bench)", file=sys.stderr)
         return 2
     out = args.out if args.out is not None else args.folder / "report"
     runs = find_runs(args.folder, exclude=[out])
     if not runs:
-        print(f"classwise-report: no results.json (or FAILED job) under {args.folder}", file=sys.stderr)
-        return 1
+        print(f"classwise-report: error: folder={str(args.folder)!r} holds no results.json (nor a FAILED job); accepted: "
+              "a sweep or run folder (outputs/sweeps/<name>, outputs/train/runs/<time>)", file=sys.stderr)
+        return 2
     runs, written = make_report(args.folder, out, runs, args.population)
     print(f"classwise-report: {len(runs)} runs ({sum(r.has_classes for r in runs)} with class-wise patterns) "
           f"-> {out}")
