@@ -97,14 +97,3 @@ def test_report_refuses_a_population_file_that_is_not_there(tmp_path, capsys):
     assert main([str(tmp_path), "--population", str(tmp_path / "nope.json")]) == 2
     assert "--population=" in capsys.readouterr().err
 
-
-def test_report_refuses_a_folder_without_runs_in_one_line(tmp_path, capsys):
-    """Bad input, like the other CLIs': exit status 2 and one line naming the folder and what is accepted."""
-    from classwise.report import main
-
-    (tmp_path / "empty").mkdir()
-    assert main([str(tmp_path / "empty")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("classwise-report: error: folder=") and "accepted: a sweep or run folder" in err[0]
-    assert main([str(tmp_path / "missing")]) == 2
-    assert "is not a folder" in capsys.readouterr().err

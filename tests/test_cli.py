@@ -171,6 +171,7 @@ def test_bad_train_input_fails_fast_with_one_line(refused, overrides, needle):
     ("train", ("trainer.accelerator=gpus",), "trainer.accelerator='gpus' is unknown; accepted: auto, gpu, "),
     ("train", ("trainer.devices=[a]",), "trainer.devices=['a']; accepted: a count, auto"),
     ("search", ("trainer.accelerator=gpus",), "trainer.accelerator='gpus' is unknown"),
+    ("search", ("model=timm", "model.arch=resnett50"), "model.arch='resnett50' is not a timm model; accepted e.g.: resnet50,"),
     ("train", ("detector.patterns.calibration=abc",), "detector.patterns.calibration='abc'; accepted: [a, b], two numbers"),
     ("train", ("trainer.max_epochs=${oops}",), "trainer.max_epochs='${oops}': Interpolation key 'oops' not found"),
     ("train", ("module.optimizer._target_=torch.optim.Adamm",), "module.optimizer._target_=torch.optim.Adamm does not exist "

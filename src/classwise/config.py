@@ -63,6 +63,10 @@ def validate(cfg: DictConfig) -> None:
                           "or a model config with a _target_ (conf/model/<yours>.yaml)")
     if model == "custom":
         _get(cfg, "model._target_")
+    if model == "timm":
+        from classwise.models.external import check_timm_arch
+
+        check_timm_arch(_get(cfg, "model.arch"))
     check_targets(cfg)  # every block that builds an object, against its target's signature
     min_size = 1 if model in EXTERNAL else min_image_size(model, target)
     size = _get(cfg, "dataset.image_size")

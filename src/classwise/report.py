@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else args.folder / "report"
     runs = find_runs(args.folder, exclude=[out])
     if not runs:
+        # Exit 1, not 2: the folder is there, its runs are not (yet): a sweep that wrote nothing, not a typo.
         print(f"classwise-report: error: folder={str(args.folder)!r} holds no results.json (nor a FAILED job); accepted: "
               "a sweep or run folder (outputs/sweeps/<name>, outputs/train/runs/<time>)", file=sys.stderr)
-        return 2
+        return 1
     runs, written = make_report(args.folder, out, runs, args.population)
     print(f"classwise-report: {len(runs)} runs ({sum(r.has_classes for r in runs)} with class-wise patterns) "
           f"-> {out}")

@@ -66,12 +66,21 @@ def _custom(model_cfg: dict[str, Any]) -> nn.Module:
     return net
 
 
-def _timm(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], declared: InputConvention) -> nn.Module:
+def check_timm_arch(arch: Any) -> Any:
+    """timm, installed, and `arch` one of its architectures (checked in the CLI, before Hydra starts a job)."""
     timm = import_extra("timm", "model=timm", "timm", "timm")
-    arch = model_cfg.get("arch")
     if not arch or not timm.is_model(arch):
-        close = timm.list_models(f"*{arch or ''}*")[:8] or timm.list_models()[:8]
+        import difflib
+
+        names = timm.list_models()
+        close = difflib.get_close_matches(str(arch or ""), names, n=8) or timm.list_models(f"*{arch or ''}*")[:8] or names[:8]
         raise ConfigError(f"model.arch={arch!r} is not a timm model; accepted e.g.: {', '.join(close)}, ...")
+    return timm
+
+
+def _timm(model_cfg: dict[str, Any], dataset_cfg: dict[str, Any], declared: InputConvention) -> nn.Module:
+    arch = model_cfg.get("arch")
+    timm = check_timm_arch(arch)
     kwargs = {k: v for k, v in model_cfg.items() if k not in (*RESERVED, "arch", "pretrained")}
     try:
         return timm.create_model(arch, pretrained=bool(model_cfg.get("pretrained")), num_classes=dataset_cfg["num_classes"],
