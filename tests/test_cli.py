@@ -204,6 +204,10 @@ def test_a_printed_config_is_checked_for_keys_and_types_not_for_what_this_machin
     (("logger.mode=onlin",), "logger.mode='onlin' is unknown; accepted: offline, online, disabled"),
     (("logger.server_timeout=-1",), "logger.server_timeout=-1; accepted: a positive number of seconds"),
     (("logger.server_timeout=null",), "logger.server_timeout=None; accepted: a positive number of seconds"),
+    # hydra-zen leaves WandbLogger's arguments untyped (a forward reference in its signature): each plain
+    # annotation is read on its own
+    (("logger.project=[1,2]",), "logger.project=[1, 2] cannot be taken by lightning.pytorch.loggers.WandbLogger; "
+                                "accepted: a string, or null"),
 ])
 def test_bad_logger_input_fails_fast_with_one_line(refused, overrides, needle):
     proc = refused("train", "dataset=synthetic", *overrides)

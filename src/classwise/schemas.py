@@ -98,16 +98,21 @@ def signature(target: str | Callable[..., Any], drop: tuple[str, ...] = ()) -> S
         params = inspect.signature(then).parameters
         more, more_typed = _arguments(then, params, drop)
         names += tuple(n for n in (*more, *own) if n not in names)
-        typed += [f for f in more_typed if f.name not in {t.name for t in typed}]
+        typed += [(n, t) for n, t in more_typed if n not in {k for k, _ in typed}]
         is_open = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
     schema = OmegaConf.structured(dataclasses.make_dataclass(
-        "Schema", [(f.name, f.type, dataclasses.field(default=MISSING)) for f in typed]))
+        "Schema", [(n, t, dataclasses.field(default=MISSING)) for n, t in typed]))
     OmegaConf.set_struct(schema, False)
     return Signature(name, names, is_open, schema)
 
 
-def _arguments(obj: Any, params: Any, drop: tuple[str, ...]) -> tuple[tuple[str, ...], list[dataclasses.Field]]:
-    """The keyword arguments `obj` takes, and those of them whose annotation OmegaConf can type (hydra-zen)."""
+def _arguments(obj: Any, params: Any, drop: tuple[str, ...]) -> tuple[tuple[str, ...], list[tuple[str, Any]]]:
+    """The keyword arguments `obj` takes, and (name, type) of those whose annotation OmegaConf can type (hydra-zen).
+
+    Where hydra-zen types an argument as Any because the signature's other hints do not resolve
+    (`WandbLogger`'s forward reference to wandb's `Run`), the argument's own annotation is used when it is
+    a plain one: `str`, `int`, `float`, `bool`, or one of them or None.
+    """
     from hydra_zen import builds
 
     try:
@@ -117,8 +122,26 @@ def _arguments(obj: Any, params: Any, drop: tuple[str, ...]) -> tuple[tuple[str,
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     names = tuple(p for p, v in params.items() if v.kind in kinds and p not in drop and p != "self")
     fields = {f.name for f in dataclasses.fields(built)} if built is not None else set()
-    typed = [f for f in dataclasses.fields(built) if f.name in names] if built is not None else []
+    typed = [(f.name, _plain(params[f.name].annotation) if f.type is Any else f.type)
+             for f in dataclasses.fields(built) if f.name in names] if built is not None else []
     return tuple(n for n in names if n in fields or built is None), typed
+
+
+PLAIN = (str, int, float, bool)
+
+
+def _plain(annotation: Any) -> Any:
+    """`annotation` where it is a plain type OmegaConf checks (or one of them or None), else Any."""
+    import types
+    import typing
+
+    if annotation in PLAIN:
+        return annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        return inner | None if inner in PLAIN else Any
+    return Any
 
 
 def check_targets(cfg: DictConfig, path: str = "") -> None:
