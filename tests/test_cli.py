@@ -267,3 +267,23 @@ def test_transfer_from_a_run_to_itself_reproduces_its_asr(trained, cli, refused,
 def test_resume_from_another_model_is_refused(trained, refused):
     proc = refused("train", *FAST, "model=resnet18", f"resume={trained}")
     assert proc.returncode == 2 and "model.name=small_cnn" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ("model='resnet18'",),  # quoted, as Hydra's grammar allows
+    ("-m", "model='resnet18','small_cnn'"),
+    ("-m", "detector=[default,neural_cleanse],all"),  # a sweep of a list and an option
+    ("-m", "model=sort(small_cnn,resnet18)"),
+    ("hydra/launcher='joblib'",),
+    ("+tag=abc", "hydra.run.dir=/tmp/runs/${tag}"),  # an added key that an interpolation reads
+])
+def test_valid_command_lines_hydra_accepts_are_not_refused(argv):
+    """The one-line checks read overrides with Hydra's own parser: what Hydra runs, they let through."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from classwise.config import check_composition, check_group_choices
+
+    GlobalHydra.instance().clear()  # composed here as the CLI does, not skipped as inside a Hydra app
+    args = ["--cfg", "job", "debug=fast", *argv]
+    check_group_choices(args)
+    check_composition("train", args)

@@ -233,8 +233,9 @@ def check_group_choices(argv: list[str]) -> None:
     except ConfigError as exc:
         refuse(exc)
     for arg in overrides:
-        key, _, value = arg.lstrip("+~").partition("=")
-        if key == "hydra/launcher" and value in LAUNCHER_PLUGINS:
+        if arg.lstrip("+~").partition("=")[0] != "hydra/launcher":
+            continue
+        for value in (v for v in _option_names(arg) if v in LAUNCHER_PLUGINS):
             module, package = LAUNCHER_PLUGINS[value]
             try:
                 import_extra(module, f"hydra/launcher={value}", package, "launchers")
@@ -249,12 +250,24 @@ def check_group_choices(argv: list[str]) -> None:
         if not eq or not key or key.startswith(("hydra", "-")) or not group.is_dir():
             continue
         options = sorted(p.stem for p in group.glob("*.yaml"))
-        values = [] if value in ("", "null") else value.strip("[]").split(",")
-        if any(v.startswith(("${", "glob(", "range(", "choice(")) for v in values):
-            continue
-        for v in values:
-            if v.strip() not in options:
-                refuse(f"{key}={v.strip()} is unknown; accepted: {', '.join(options)}")
+        for v in _option_names(arg):
+            if v not in options:
+                refuse(f"{key}={v} is unknown; accepted: {', '.join(options)}")
+
+
+def _option_names(override: str) -> list[str]:
+    """The option names a `group=...` override chooses, as Hydra's parser reads them: quoted (`model='a'`), a list
+    (`detector=[a,b]`), a sweep of either (`detector=[a,b],c`, `model=sort(a,b)`); none where Hydra expands them
+    itself (`glob(*)`) or where they are interpolations."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+        values = list(parsed.sweep_iterator()) if parsed.is_sweep_override() else [parsed.value()]
+    except Exception:  # noqa: BLE001 - what Hydra's parser cannot read here, it reports when it composes
+        return []
+    names = [getattr(n, "text", n) for v in values for n in (v if isinstance(v, list) else [v])]  # QuotedString: its text
+    return [str(n) for n in names if n is not None and not (isinstance(n, str) and "${" in n)]
 
 
 # Hydra's command-line flags that take a value as the next word (`--cfg job`, `-cn search`).
@@ -388,14 +401,16 @@ def _validated(cfg: DictConfig) -> None:
 
 
 def _check_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -> None:
-    """`+foo=1` adds a top-level key Hydra accepts and nothing reads: refused, as a typo would be."""
+    """`+foo=1` adds a top-level key Hydra accepts and nothing reads (no interpolation names it): refused, as a typo
+    would be."""
     added = [o for o in overrides if o.startswith("+") and not _is_group(o)]
     tops = {o.lstrip("+").partition("=")[0].split(".")[0]: o for o in added}
     if not tops:
         return
     plain_cfg = _compose(config_name, [o for o in overrides if o not in added])
+    raw = OmegaConf.to_yaml(cfg) + " ".join(overrides)  # interpolations, unresolved
     for top, override in tops.items():
-        if top in plain_cfg:
+        if top in plain_cfg or f"${{{top}" in raw:  # there, or read by an interpolation (`logger.name=${tag}`)
             continue
         names = sorted(k for k in plain_cfg.keys() if k != "hydra")
         group = Path(conf_dir()) / top
