@@ -171,18 +171,14 @@ def detector_settings(detector: str | Mapping[str, Any] | None) -> dict[str, Any
     if isinstance(detector, Mapping):
         blocks = {k: dict(v) for k, v in detector.items()}
     else:
-        options = sorted(p.stem for p in (Path(_conf_dir()) / "detector").glob("*.yaml"))
+        from classwise.config import group_options
+
+        options = group_options("detector")
         if detector not in options:
             raise ConfigError(f"detector={detector!r} is unknown; accepted: {', '.join(options)}")
         blocks = OmegaConf.to_container(_compose([f"detector={detector}"]).detector, resolve=True) or {}
     build_detectors(blocks)
     return blocks
-
-
-def _conf_dir() -> str:
-    from classwise.config import conf_dir
-
-    return conf_dir()
 
 
 def _datamodule(dataset: Any, test: Dataset | None, seed: int, search_fraction: float):

@@ -150,10 +150,15 @@ def validate(cfg: DictConfig) -> None:
         check_threat_model_data(detectors, threat_model, source, poisoned)
 
 
+def group_options(group: str) -> list[str]:
+    """The options of config group `group` (its conf/<group>/*.yaml); none where it is no group."""
+    return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
+
+
 def _setting_options(part: str | None = None) -> list[str]:
     """The options of conf/setting (those whose `part` block builds something, where given)."""
     folder = Path(conf_dir()) / "setting"
-    return sorted(p.stem for p in folder.glob("*.yaml") if part is None or f"{part}:\n" in p.read_text())
+    return [name for name in group_options("setting") if part is None or f"{part}:\n" in (folder / f"{name}.yaml").read_text()]
 
 
 # Lightning Trainer keys typed `int | float` (an int counts batches, a float a share of them): their
@@ -249,7 +254,7 @@ def check_group_choices(argv: list[str]) -> None:
         group = root / key
         if not eq or not key or key.startswith(("hydra", "-")) or not group.is_dir():
             continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = group_options(key)
         for v in _option_names(arg):
             if v not in options:
                 refuse(f"{key}={v} is unknown; accepted: {', '.join(options)}")
@@ -371,6 +376,7 @@ def _checked(config_name: str, overrides: list[str], values: bool = True) -> Dic
 
 def _checked_value(base: DictConfig, override: str) -> None:
     """One value of a sweep, set on the config composed with the first (as Hydra sets it) and validated."""
+    import contextlib
     import copy
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -379,10 +385,7 @@ def _checked_value(base: DictConfig, override: str) -> None:
     parsed = OverridesParser.create().parse_overrides([override])[0]
     cfg = copy.deepcopy(base)
     try:
-        if parsed.is_add() or parsed.is_force_add():
-            with open_dict(cfg):
-                OmegaConf.update(cfg, parsed.key_or_group, parsed.value(), merge=True)
-        else:
+        with open_dict(cfg) if parsed.is_add() or parsed.is_force_add() else contextlib.nullcontext():
             OmegaConf.update(cfg, parsed.key_or_group, parsed.value(), merge=True)
     except Exception as exc:  # noqa: BLE001 - OmegaConf's validation errors are of several types
         refuse(f"Error merging override {override}: {one_line(exc)}")
@@ -413,8 +416,7 @@ def _check_added_keys(cfg: DictConfig, config_name: str, overrides: list[str]) -
         if top in plain_cfg or f"${{{top}" in raw:  # there, or read by an interpolation (`logger.name=${tag}`)
             continue
         names = sorted(k for k in plain_cfg.keys() if k != "hydra")
-        group = Path(conf_dir()) / top
-        options = sorted(p.stem for p in group.glob("*.yaml")) if group.is_dir() else []
+        options = group_options(top)
         first = f"; or {top}=<option> first ({', '.join(options)})" if options else ""
         close = difflib.get_close_matches(top, names, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
@@ -449,8 +451,7 @@ def _composition_error(exc: BaseException, config_name: str, overrides: list[str
             parent = path.rpartition(".")[0]
             if parent and OmegaConf.select(plain_cfg, parent) is None and "/" not in path:
                 top = path.split(".")[0]
-                folder = Path(conf_dir()) / top
-                options = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+                options = group_options(top)
                 fills = f"; accepted: the option of {top} that fills it ({', '.join(options)})" if options else ""
                 return f"{override}: {parent} is null in this config, so it has no {path.rpartition('.')[2]}{fills}"
             return f"{override}: {text}"
